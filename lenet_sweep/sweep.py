@@ -1,0 +1,99 @@
+"""Multirun bookkeeping in the launching process: one MLflow parent run per sweep, and its summary.
+
+Hydra calls ``SweepCallback`` around a multirun. At the start it checks the
+tracking store, creates the experiment (so parallel jobs never race to create
+it) and the parent run, and writes the parent's id into the sweep directory,
+where every job finds it whatever launcher runs it and on whichever host. At
+the end it reads each job's status file, prints the summary, closes the parent
+FINISHED or FAILED, and exits non-zero when a job failed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from lenet_sweep import tracking
+from lenet_sweep.job import PARENT_RUN_FILE, STATUS_FILE
+
+STATUSES = ("FINISHED", "FAILED", "KILLED", "SKIPPED")
+
+
+def read_job_statuses(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One entry per job directory of the sweep; a job that died without a status file counts as FAILED."""
+    results = []
+    for job_dir in sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: p.name):
+        status_file = job_dir / STATUS_FILE
+        if status_file.is_file():
+            results.append(json.loads(status_file.read_text()))
+        else:
+            results.append({"status": "FAILED", "run_name": f"job {job_dir.name}", "reason": "no status (process died)"})
+    return results
+
+
+def format_summary(results: list[dict[str, Any]]) -> str:
+    counts = Counter(r["status"] for r in results)
+    lines = [f"Sweep summary: {len(results)} jobs: " + ", ".join(f"{counts[s]} {s.lower()}" for s in STATUSES)]
+    for r in results:
+        detail = f" ({r['reason']})" if r.get("reason") else ""
+        lines.append(f"  {r['status']:<8} {r['run_name']}{detail}")
+    return "\n".join(lines)
+
+
+class SweepCallback(Callback):
+    """Parent MLflow run and end-of-sweep summary for ``-m`` runs."""
+
+    def __init__(self) -> None:
+        self.client: Optional[tracking.MlflowClient] = None
+        self.parent_run_id: Optional[str] = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri, Path.cwd())
+        try:
+            tracking.check_reachable(uri)
+        except tracking.TrackingError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        self.client = tracking.MlflowClient(uri)
+        experiment_id = tracking.get_or_create_experiment(
+            self.client, config.mlflow.experiment, tracking.default_artifact_location(uri)
+        )
+        overrides = list(config.hydra.overrides.task)
+        name = f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(overrides)}".strip()
+        tags = {"sweep": "true", "hydra.sweep_dir": str(Path(config.hydra.sweep.dir).resolve())}
+        self.parent_run_id = tracking.start_run(self.client, experiment_id, name, tags)
+        tracking.log_params(self.client, self.parent_run_id, dict(o.split("=", 1) for o in overrides if "=" in o))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": self.parent_run_id, "tracking_uri": uri}))
+        # Ctrl-C or a launcher error skips on_multirun_end; the parent must not stay RUNNING.
+        atexit.register(self._end_unfinished)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        results = read_job_statuses(Path(config.hydra.sweep.dir))
+        summary = format_summary(results)
+        print(summary, flush=True)
+        counts = Counter(r["status"] for r in results)
+        failed = counts["FAILED"] + counts["KILLED"]
+        if self.client is not None and self.parent_run_id is not None:
+            tracking.log_metrics(self.client, self.parent_run_id, 0, {f"jobs_{s.lower()}": counts[s] for s in STATUSES})
+            tracking.set_tags(self.client, self.parent_run_id, {f"jobs_{s.lower()}": counts[s] for s in STATUSES})
+            self.client.log_text(self.parent_run_id, summary + "\n", "sweep_summary.txt")
+            tracking.end_run(self.client, self.parent_run_id, "FAILED" if failed else "FINISHED",
+                             f"{failed} of {len(results)} jobs failed" if failed else None)
+            self.parent_run_id = None
+        if failed:
+            sys.exit(1)
+
+    def _end_unfinished(self) -> None:
+        if self.client is not None and self.parent_run_id is not None:
+            tracking.end_run(self.client, self.parent_run_id, "KILLED", "sweep interrupted before it completed")
+            self.parent_run_id = None
