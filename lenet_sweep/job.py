@@ -76,9 +76,15 @@ def pick_device(requested: str) -> torch.device:
 
 
 def pick_threads(requested: int, parallel_jobs: int) -> int:
-    """Torch threads per job so that jobs x threads never exceeds the cores."""
+    """Torch threads per job so that jobs x threads never exceeds the cores.
+
+    Under SLURM the job's allocation decides; otherwise the cores are shared
+    evenly among the launcher's parallel jobs.
+    """
     if requested:
         return requested
+    if os.environ.get("SLURM_CPUS_PER_TASK"):
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
     cores = len(os.sched_getaffinity(0))
     return max(1, cores // max(1, parallel_jobs))
 

@@ -7,8 +7,8 @@
 #   scripts/slurm-local.sh status   exit 0 if running, 3 if not
 #
 # Everything (config, spool, logs, pid files, munge key and socket) lives in
-# ${SLURM_LOCAL_DIR:-/tmp/lenet-sweep-slurm}. Clients need SLURM_CONF; `start` and
-# `status` print the export line. Needs root (SlurmUser=root); tested on Debian 12 / SLURM 22.05.
+# ${SLURM_LOCAL_DIR:-/tmp/lenet-sweep-slurm}. Clients need SLURM_CONF and, for job states,
+# the cluster's bin/ first on PATH; `start` and `status` print the export lines. Needs root (SlurmUser=root); tested on Debian 12 / SLURM 22.05.
 set -euo pipefail
 
 STATE=${SLURM_LOCAL_DIR:-/tmp/lenet-sweep-slurm}
@@ -21,6 +21,7 @@ DAEMONS=(munged slurmctld slurmd)   # start order; stopped in reverse
 PARTITION=local
 export PATH=$PATH:/usr/sbin:/sbin
 export SLURM_CONF=$CONF
+BIN=$STATE/bin          # holds the sacct stand-in (this cluster has no accounting database)
 
 say() { echo "slurm-local: $*"; }
 die() { echo "slurm-local: ERROR: $*" >&2; exit 1; }
@@ -67,6 +68,34 @@ ensure_hostname_resolves() {
     echo "127.0.0.1 $HOST" >>/etc/hosts
     say "added '127.0.0.1 $HOST' to /etc/hosts"
   fi
+}
+
+# Without accounting storage the real sacct only fails, so submitit (which polls sacct for job
+# states) never sees a job end that wrote no result, e.g. one cancelled by scancel. This
+# stand-in answers sacct's `-o JobID,State,NodeList --parsable2 -j IDS` from squeue, which
+# keeps finished jobs for MinJobAge seconds.
+write_sacct_shim() {
+  mkdir -p "$BIN"
+  cat >"$BIN/sacct" <<'EOF'
+#!/usr/bin/env bash
+# sacct stand-in for the local cluster (scripts/slurm-local.sh): job states from squeue.
+jobs=""
+while (($#)); do
+  case $1 in
+    -j|--jobs) jobs=$2; shift 2 ;;
+    *) shift ;;
+  esac
+done
+echo "JobID|State|NodeList"
+[[ -n $jobs ]] && squeue -h -t all -j "$jobs" -o '%i|%T|%N' 2>/dev/null
+exit 0
+EOF
+  chmod 755 "$BIN/sacct"
+}
+
+print_exports() {
+  echo "export SLURM_CONF=$CONF"
+  echo "export PATH=$BIN:\$PATH"
 }
 
 write_config() {
@@ -139,7 +168,7 @@ do_start() {
   local n; n=$(running_count)
   if ((n == ${#DAEMONS[@]})); then
     say "already running (state in $STATE)"
-    echo "export SLURM_CONF=$CONF"
+    print_exports
     return 0
   fi
   ((n == 0)) || { say "only $n of ${#DAEMONS[@]} daemons running; restarting"; do_stop; }
@@ -150,6 +179,7 @@ do_start() {
   done
   ensure_hostname_resolves
   write_config
+  write_sacct_shim
   start_munged || { show_logs; do_stop; die "munged did not come up"; }
   rm -f "$STATE"/spool/ctld/node_state*   # so "idle" below means this slurmd registered (job state is kept)
   launch slurmctld slurmctld -D -i -f "$CONF"
@@ -166,7 +196,7 @@ do_start() {
   done
   [[ $state == idle ]] || { show_logs; do_stop; die "node not idle after 30 s (state: '${state:-unknown}')"; }
   say "running: partition '$PARTITION', node $HOST, state in $STATE"
-  echo "export SLURM_CONF=$CONF"
+  print_exports
 }
 
 do_stop() {
@@ -204,7 +234,7 @@ do_status() {
   done
   if ((n == ${#DAEMONS[@]})); then
     sinfo
-    echo "export SLURM_CONF=$CONF"
+    print_exports
   else
     return 3
   fi

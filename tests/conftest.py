@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,3 +56,90 @@ def workdir(tmp_path: Path) -> Path:
     """A fresh project-like directory: ``data/`` points at the shipped MNIST, outputs go here."""
     (tmp_path / "data").symlink_to(DATA)
     return tmp_path
+
+
+def _slurm_script(action: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "scripts" / "slurm-local.sh"), action],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def slurm_env():
+    """A one-node SLURM cluster on loopback (scripts/slurm-local.sh), and the env to reach it.
+
+    Reuses a cluster that is already up and leaves it running; otherwise starts one
+    (installing slurm-wlm and munge when missing) and stops exactly that one afterwards.
+    Skipped where it cannot be started (not root, no apt-get).
+    """
+    started = False
+    result = _slurm_script("status", timeout=30)
+    if result.returncode != 0:
+        result = _slurm_script("start", timeout=600)
+        if result.returncode != 0:
+            sbin = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+            if os.geteuid() != 0 or shutil.which("slurmctld", path=sbin) is None:
+                tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-3:])
+                pytest.skip(f"local SLURM cluster unavailable (needs root and apt-get): {tail}")
+            pytest.fail(f"slurm-local.sh start failed:\n{result.stdout}\n{result.stderr}")
+        started = True
+    conf = re.search(r"^export SLURM_CONF=(\S+)$", result.stdout, re.MULTILINE)
+    path = re.search(r"^export PATH=(\S+):\$PATH$", result.stdout, re.MULTILINE)
+    assert conf and path, f"no export lines in:\n{result.stdout}"
+    env = {**os.environ, "SLURM_CONF": conf.group(1),
+           "PATH": f"{path.group(1)}:{os.environ.get('PATH', '')}:/usr/sbin:/sbin"}
+    try:
+        yield env
+    finally:
+        if started:
+            stop = _slurm_script("stop", timeout=120)
+            assert stop.returncode == 0, f"slurm-local.sh stop failed:\n{stop.stdout}\n{stop.stderr}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """Stop exactly the process we started and its children (its own session), by PID."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on a free loopback port over a temporary SQLite store; yields its URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(root / "server.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, env=cli_env(), start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{uri}/health", process)
+        yield uri
+    finally:
+        stop_process_group(process)
+        log.close()
