@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 UI_PORT ?= 5000
+SERVER_PORT ?= 5001
+SLURM_LOCAL_DIR ?= /tmp/lenet-sweep-slurm
 
-.PHONY: sweep test ui clean
+.PHONY: sweep test report ui mlflow-server bench stress slurm-start slurm-stop slurm-status clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,5 +27,22 @@ test: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
+## A shared tracking server on loopback: jobs log to it with mlflow.tracking_uri=http://127.0.0.1:$(SERVER_PORT).
+mlflow-server: $(STAMP)
+	$(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db \
+		--artifacts-destination $(CURDIR)/outputs/mlartifacts --host 127.0.0.1 --port $(SERVER_PORT)
+
+## N tiny parallel jobs against SQLite and against a server: runs and metric points expected vs found.
+stress: $(STAMP)
+	$(BIN)/python benchmarks/stress_tracking.py
+
+## A one-node SLURM cluster on loopback (root; installs slurm-wlm and munge when missing).
+slurm-start:
+	scripts/slurm-local.sh start
+slurm-stop:
+	scripts/slurm-local.sh stop
+slurm-status:
+	scripts/slurm-local.sh status
+
 clean:
-	rm -rf outputs/runs outputs/multirun
+	rm -rf outputs/runs outputs/multirun outputs/bench outputs/report

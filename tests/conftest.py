@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from lenet_sweep.services import free_port, start_mlflow_server, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
@@ -95,51 +93,14 @@ def slurm_env():
             assert stop.returncode == 0, f"slurm-local.sh stop failed:\n{stop.stdout}\n{stop.stderr}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
-def stop_process_group(process: subprocess.Popen) -> None:
-    """Stop exactly the process we started and its children (its own session), by PID."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A real ``mlflow server`` on a free loopback port over a temporary SQLite store; yields its URI."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, env=cli_env(), start_new_session=True,
+    process, uri = start_mlflow_server(
+        f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", free_port(), root / "server.log", env=cli_env()
     )
-    uri = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{uri}/health", process)
         yield uri
     finally:
         stop_process_group(process)
-        log.close()

@@ -1,10 +1,11 @@
 """The runner end to end: the real CLI in a subprocess, a real SQLite MLflow store in a temp dir."""
 
-import socket
 import time
 
 import pytest
 from conftest import DATA, SMALL, run_cli, runs_of
+
+from lenet_sweep.services import free_port
 
 METRICS = {"train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds"}
 GRID = ["-m", "model=lenet,mlp,lenet_reg", "aug=none,flip"]
@@ -69,10 +70,7 @@ def test_same_config_and_seed_give_identical_metrics(workdir):
 
 
 def test_unreachable_tracking_server_fails_fast_before_training(workdir):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    uri = f"http://127.0.0.1:{port}"
+    uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     result = run_cli(SMALL + [f"mlflow.tracking_uri={uri}"], workdir)
     assert result.returncode == 2
