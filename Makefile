@@ -7,7 +7,7 @@ UI_PORT ?= 5000
 SERVER_PORT ?= 5001
 SLURM_LOCAL_DIR ?= /tmp/lenet-sweep-slurm
 
-.PHONY: sweep test report ui mlflow-server bench stress slurm-start slurm-stop slurm-status clean
+.PHONY: sweep test report ui ui-screenshot mlflow-server bench stress slurm-start slurm-stop slurm-status clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP)
 ## The MLflow UI over the project's store, on loopback.
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+
+## The README's screenshot (docs/mlflow-compare.png): two runs' test_acc in the MLflow UI; needs chromium.
+ui-screenshot: $(STAMP)
+	$(BIN)/python scripts/ui_screenshot.py --store sqlite:///$(CURDIR)/outputs/mlflow.db
 
 ## A shared tracking server on loopback: jobs log to it with mlflow.tracking_uri=http://127.0.0.1:$(SERVER_PORT).
 mlflow-server: $(STAMP)

@@ -45,6 +45,8 @@ def format_summary(results: list[dict[str, Any]]) -> str:
     for r in results:
         detail = f" ({r['reason']})" if r.get("reason") else ""
         lines.append(f"  {r['status']:<8} {r['run_name']}{detail}")
+    if results and counts["SKIPPED"] == len(results):
+        lines.append("Nothing to run: every job already has a FINISHED run (sweep.skip_finished=false re-runs them).")
     return "\n".join(lines)
 
 

@@ -38,6 +38,7 @@ def test_diverging_job_fails_alone_and_the_sweep_reports_it(workdir):
     assert relaunch.returncode == 0
     assert "2 jobs: 0 finished, 0 failed, 0 killed, 2 skipped" in relaunch.stdout
     assert relaunch.stdout.count("already FINISHED") == 2 and "Epoch 1" not in relaunch.stdout
+    assert "Nothing to run" in relaunch.stdout
     assert len(runs_of(workdir)[1]) == 3, "a relaunch of finished jobs must not create runs"
 
 
