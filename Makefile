@@ -7,7 +7,7 @@ UI_PORT ?= 5000
 SERVER_PORT ?= 5001
 SLURM_LOCAL_DIR ?= /tmp/lenet-sweep-slurm
 
-.PHONY: sweep test report ui ui-screenshot mlflow-server bench stress slurm-start slurm-stop slurm-status clean
+.PHONY: sweep writeup test report ui ui-screenshot mlflow-server bench stress slurm-start slurm-stop slurm-status clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ sweep: $(STAMP)
 ## The test suite (what CI runs).
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## Compare the runs in outputs/mlflow.db: table on stdout; figures and report.md in outputs/report/.
+report: $(STAMP)
+	$(BIN)/python -m lenet_sweep.report $(REPORT_ARGS)
+
+## The writeup's full study: its four experiments x 3 seeds, 15 epochs (12 runs).
+writeup: $(STAMP)
+	$(BIN)/python -m lenet_sweep -m +experiment=writeup
 
 ## The MLflow UI over the project's store, on loopback.
 ui: $(STAMP)

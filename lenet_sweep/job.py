@@ -219,6 +219,7 @@ def run_job(cfg: Config, flat_config: dict[str, Any], ctx: JobContext) -> JobRes
             on_epoch_end=on_epoch_end, progress_factory=_progress_factory(sys.stderr.isatty()),
         )
         _log_final_artifacts(client, run_id, model, ctx.output_dir)
+        _log_learning_curves(client, run_id, history, name)
     except KeyboardInterrupt as interrupt:
         tracking.end_run(client, run_id, "KILLED", f"interrupted: {interrupt or 'Ctrl-C'}")
         raise
@@ -247,3 +248,13 @@ def _log_final_artifacts(client, run_id: str, model: torch.nn.Module, output_dir
     hydra_dir = output_dir / ".hydra"
     if hydra_dir.is_dir():
         client.log_artifacts(run_id, str(hydra_dir), "hydra")
+
+
+def _log_learning_curves(client, run_id: str, history: list[dict[str, float]], title: str) -> None:
+    """The run's loss and accuracy per epoch as the artifact ``curves.png``; a plotting error never fails the run."""
+    try:
+        from lenet_sweep.figures import plot_run_curves
+
+        client.log_figure(run_id, plot_run_curves(history, title), "curves.png")
+    except Exception as error:  # the run trained; a missing figure is only worth a warning
+        log.warning("%s: learning curves not logged: %s", title, error)

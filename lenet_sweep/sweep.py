@@ -27,10 +27,14 @@ from lenet_sweep.job import PARENT_RUN_FILE, STATUS_FILE
 STATUSES = ("FINISHED", "FAILED", "KILLED", "SKIPPED")
 
 
+def _job_order(job_dir: Path):
+    return (0, int(job_dir.name), "") if job_dir.name.isdigit() else (1, 0, job_dir.name)
+
+
 def read_job_statuses(sweep_dir: Path) -> list[dict[str, Any]]:
     """One entry per job directory of the sweep; a job that died without a status file counts as FAILED."""
     results = []
-    for job_dir in sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: p.name):
+    for job_dir in sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=_job_order):
         status_file = job_dir / STATUS_FILE
         if status_file.is_file():
             results.append(json.loads(status_file.read_text()))
@@ -89,11 +93,31 @@ class SweepCallback(Callback):
             tracking.log_metrics(self.client, self.parent_run_id, 0, {f"jobs_{s.lower()}": counts[s] for s in STATUSES})
             tracking.set_tags(self.client, self.parent_run_id, {f"jobs_{s.lower()}": counts[s] for s in STATUSES})
             self.client.log_text(self.parent_run_id, summary + "\n", "sweep_summary.txt")
+            self._log_report(Path(config.hydra.sweep.dir) / "report", results)
             tracking.end_run(self.client, self.parent_run_id, "FAILED" if failed else "FINISHED",
                              f"{failed} of {len(results)} jobs failed" if failed else None)
             self.parent_run_id = None
         if failed:
             sys.exit(1)
+
+    def _log_report(self, out_dir: Path, results: list[dict[str, Any]]) -> None:
+        """The sweep's report (table, learning curves, report.md) into ``out_dir`` and the parent's ``report/``."""
+        run_ids = [r["run_id"] for r in results if r.get("run_id")]  # skipped jobs point at their earlier run
+        if not run_ids:
+            return
+        from lenet_sweep.report import ReportError, build_report, run_ids_filter
+
+        try:
+            experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
+            report = build_report(self.client, experiment_id, out_dir, filter_string=run_ids_filter(run_ids))
+            self.client.log_artifacts(self.parent_run_id, str(out_dir), "report")
+        except ReportError as error:  # e.g. every job failed: nothing to compare
+            print(f"no sweep report: {error}", file=sys.stderr)
+            return
+        except Exception as error:  # the report must not keep the parent from closing
+            print(f"no sweep report: {type(error).__name__}: {error}", file=sys.stderr)
+            return
+        print(f"{report.markdown_table}\nreport: {out_dir / 'report.md'}", flush=True)
 
     def _end_unfinished(self) -> None:
         if self.client is not None and self.parent_run_id is not None:

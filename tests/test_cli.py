@@ -58,6 +58,8 @@ def test_smoke_sweep_has_one_parent_run_with_six_children(smoke_sweep):
     children = [r for r in every_run if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) == 6
     assert parents[0].data.metrics["jobs_finished"] == 6 and parents[0].data.metrics["jobs_failed"] == 0
+    assert "curves.png" in {a.path for a in client.list_artifacts(children[0].info.run_id)}
+    assert "report/report.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
 
 
 def test_same_config_and_seed_give_identical_metrics(workdir):
