@@ -11,10 +11,13 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from lenet_sweep.cuda_graph import GraphedTrainStep
 
 
 class DivergedError(RuntimeError):
@@ -59,11 +62,19 @@ class EpochMetrics:
 def make_optimizer(
     params, name: str, lr: float, momentum: Optional[float] = None, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
-    """``sgd`` (with momentum) or ``adam`` over ``params``."""
+    """``sgd`` (with momentum) or ``adam`` over ``params``.
+
+    The fused implementations update all parameters in one kernel instead of a
+    Python loop of small ops (about half of SGD's step time for LeNet on the CPU).
+    """
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum or 0.0, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum or 0.0, weight_decay=weight_decay, fused=fused)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        # capturable: its step count stays on the GPU, so the step can run inside a CUDA graph.
+        capturable = bool(params) and all(p.is_cuda for p in params)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused, capturable=capturable)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
@@ -88,8 +99,13 @@ def train_one_epoch(
     hflip_p: float = 0.0,
     amp_dtype: Optional[torch.dtype] = None,
     progress: Optional[Callable[[int], None]] = None,
+    graphed: Optional[GraphedTrainStep] = None,
 ) -> tuple[float, float]:
-    """One pass over ``x``/``y`` in shuffled batches; returns (mean loss per sample, accuracy %)."""
+    """One pass over ``x``/``y`` in shuffled batches; returns (mean loss per sample, accuracy %).
+
+    With ``graphed`` (CUDA), every full batch is a replay of the captured step;
+    the last, smaller batch runs eagerly.
+    """
     model.train()
     n = len(y)
     # Draw the epoch's order and flips on the CPU generator (reproducible across
@@ -98,18 +114,30 @@ def train_one_epoch(
     flips = (torch.rand(n, generator=generator) < hflip_p).to(x.device) if hflip_p > 0 else None
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), dtype=torch.long, device=x.device)
-    for start in range(0, n, batch_size):
+    first_eager = 0
+    if graphed is not None:
+        graphed.start_epoch(flips)
+        first_eager = n - n % batch_size
+        for start in range(0, first_eager, batch_size):
+            graphed(order[start : start + batch_size])
+            if progress is not None:
+                progress(batch_size)
+        loss_sum += graphed.loss_sum
+        correct += graphed.correct
+    for start in range(first_eager, n, batch_size):
         idx = order[start : start + batch_size]
-        inputs, targets = x[idx], y[idx]
+        # index_select is a plain gather; x[idx] goes through advanced indexing, ~5x slower here.
+        inputs, targets = x.index_select(0, idx), y.index_select(0, idx)
         if flips is not None:
-            inputs = random_hflip(inputs, flips[idx])
+            inputs = random_hflip(inputs, flips.index_select(0, idx))
         with _autocast(x.device, amp_dtype):
             logits = model(inputs)
             loss = nn.functional.cross_entropy(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
+        # A captured graph owns the gradient tensors: zero them, never drop them.
+        optimizer.zero_grad(set_to_none=graphed is None)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.detach() * len(idx)
+        loss_sum.add_(loss.detach(), alpha=len(idx))
         correct += (logits.argmax(1) == targets).sum()
         if progress is not None:
             progress(len(idx))
@@ -156,12 +184,17 @@ def fit(
     ``on_epoch_end`` sees every epoch's metrics (logging, checkpoints). Raises
     ``DivergedError`` as soon as an epoch's training loss is not finite.
     """
+    graphed = None
+    if data.train_x.is_cuda and len(data.train_y) >= batch_size:
+        from lenet_sweep.cuda_graph import GraphedTrainStep
+
+        graphed = GraphedTrainStep(model, optimizer, data.train_x, data.train_y, batch_size, hflip_p > 0, amp_dtype)
     history = []
     for epoch in range(start_epoch, epochs + 1):
         progress = progress_factory(epoch, len(data.train_y)) if progress_factory else None
         started = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
-            model, optimizer, data.train_x, data.train_y, batch_size, generator, hflip_p, amp_dtype, progress
+            model, optimizer, data.train_x, data.train_y, batch_size, generator, hflip_p, amp_dtype, progress, graphed
         )
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss became {train_loss} in epoch {epoch}")

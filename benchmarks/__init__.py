@@ -1,0 +1,1 @@
+"""Speed benchmarks; ``reference_pipelines`` is importable from the tests."""
