@@ -44,9 +44,11 @@ mlflow-server: $(STAMP)
 	$(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db \
 		--artifacts-destination $(CURDIR)/outputs/mlartifacts --host 127.0.0.1 --port $(SERVER_PORT)
 
-## Seconds per epoch: the writeup's pipeline vs torchvision's vs this project's loop (outputs/bench/).
+## Seconds per epoch: the writeup's pipeline vs torchvision's vs this project's loop; then the runner's
+## start-up and per-epoch bookkeeping read back from MLflow (outputs/bench/).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/epoch_speed.py
+	$(BIN)/python benchmarks/overhead.py
 
 ## N tiny parallel jobs against SQLite and against a server: runs and metric points expected vs found.
 stress: $(STAMP)

@@ -2,13 +2,15 @@
 
 In one process, on the same network, hyperparameters (batch 64, SGD lr 0.01
 momentum 0.9, 60k train / 10k test, test evaluated after each epoch) and
-thread setting, it times ``--epochs`` epochs after one warm-up epoch of:
+thread setting, it times ``--epochs`` epochs after one warm-up epoch of the
+following, taking turns epoch by epoch:
 
   a   the writeup's pipeline: one PNG file per sample opened with PIL (see
       ``reference_pipelines``);
   a2  PyTorch's examples: ``torchvision.datasets.MNIST`` with the same transforms;
   b   this project's loop as the runner uses it: ``load_mnist`` + ``to_model_input``,
-      ``train_one_epoch`` and ``evaluate`` (eval batch 1000).
+      ``train_one_epoch`` and ``evaluate`` (eval batch 1000); on a GPU, with
+      ``fit``'s CUDA-graph training step.
 
 All pipelines start from the same weights, and the first epoch visits the
 training samples in the same order in all of them. It prints a table and the check that (b) reaches the same test
@@ -40,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks import reference_pipelines as ref  # noqa: E402
 from lenet_sweep.data import balanced_subset, load_mnist, to_model_input  # noqa: E402
 from lenet_sweep.models import build_model  # noqa: E402
-from lenet_sweep.train import evaluate, make_optimizer, train_one_epoch  # noqa: E402
+from lenet_sweep.train import evaluate, graphed_step, make_optimizer, train_one_epoch  # noqa: E402
 
 LR, MOMENTUM, BATCH, EVAL_BATCH, SEED = 0.01, 0.9, 64, 1000, 0
 MODELS = {"lenet": ("lenet", 0.0), "mlp": ("mlp", 0.0), "lenet+flip": ("lenet", 0.5)}
@@ -64,18 +66,9 @@ def fresh_model(arch: str, device: str) -> torch.nn.Module:
     return build_model(arch).to(device)
 
 
-def time_epochs(name: str, model: str, train: Epoch, test: Epoch, epochs: int, n_train: int, n_test: int) -> dict:
-    """One untimed warm-up epoch (train + test), then ``epochs`` timed ones; per-epoch means."""
-    train(), test()
-    train_each, test_each = [], []
-    for _ in range(epochs):
-        started = time.perf_counter()
-        train_loss, train_acc = train()
-        trained = time.perf_counter()
-        test_loss, test_acc = test()
-        train_each.append(trained - started)
-        test_each.append(time.perf_counter() - trained)
-    train_s, test_s = sum(train_each) / epochs, sum(test_each) / epochs
+def _summary(name: str, model: str, train_each: list, test_each: list, last: tuple, n_train: int, n_test: int) -> dict:
+    train_loss, train_acc, test_loss, test_acc = last
+    train_s, test_s = sum(train_each) / len(train_each), sum(test_each) / len(test_each)
     return {
         "pipeline": name, "model": model, "train_s": train_s, "test_s": test_s, "total_s": train_s + test_s,
         "train_s_each": train_each, "test_s_each": test_each,
@@ -84,14 +77,38 @@ def time_epochs(name: str, model: str, train: Epoch, test: Epoch, epochs: int, n
     }
 
 
+def time_epochs(model: str, pipelines: dict[str, tuple[Epoch, Epoch]], epochs: int, n_train: int, n_test: int) -> list[dict]:
+    """One untimed warm-up epoch (train + test) per pipeline, then ``epochs`` timed rounds; per-epoch means.
+
+    Each round runs one epoch of every pipeline in turn, so a slow spell of the
+    machine (other tenants, frequency changes) falls on all of them alike
+    instead of on whichever pipeline happened to run then.
+    """
+    for train, test in pipelines.values():
+        train(), test()
+    times = {name: ([], []) for name in pipelines}
+    last = {}
+    for _ in range(epochs):
+        for name, (train, test) in pipelines.items():
+            started = time.perf_counter()
+            train_loss, train_acc = train()
+            trained = time.perf_counter()
+            test_loss, test_acc = test()
+            times[name][0].append(trained - started)
+            times[name][1].append(time.perf_counter() - trained)
+            last[name] = (train_loss, train_acc, test_loss, test_acc)
+    return [_summary(name, model, *times[name], last[name], n_train, n_test) for name in pipelines]
+
+
 def project_epochs(arch: str, hflip_p: float, data: tuple, device: str, batch_size: int = BATCH) -> tuple[Epoch, Epoch]:
     """Pipeline (b): the runner's ``train_one_epoch`` / ``evaluate`` over tensors on ``device``."""
     x, y, test_x, test_y = data
     model = fresh_model(arch, device)
     optimizer = make_optimizer(model.parameters(), "sgd", LR, MOMENTUM)
     generator = torch.Generator().manual_seed(SEED)
+    graphed = graphed_step(model, optimizer, x, y, batch_size, hflip_p)
     return (
-        lambda: train_one_epoch(model, optimizer, x, y, batch_size, generator, hflip_p),
+        lambda: train_one_epoch(model, optimizer, x, y, batch_size, generator, hflip_p, graphed=graphed),
         lambda: evaluate(model, test_x, test_y, EVAL_BATCH),
     )
 
@@ -133,8 +150,8 @@ def scaling(data: tuple, device: str) -> list[dict]:
         keep = balanced_subset(y.cpu(), int(len(y) * fraction), SEED).to(y.device) if fraction < 1 else None
         part = (x, y) if keep is None else (x[keep], y[keep])
         train, test = project_epochs("lenet", 0.0, (*part, test_x, test_y), device, batch_size)
-        rows.append({"batch_size": batch_size, "fraction": fraction, "train_samples": len(part[1]),
-                     **time_epochs("b", "lenet", train, test, 1, len(part[1]), len(test_y))})
+        (timed,) = time_epochs("lenet", {"b": (train, test)}, 1, len(part[1]), len(test_y))
+        rows.append({"batch_size": batch_size, "fraction": fraction, "train_samples": len(part[1]), **timed})
     return rows
 
 
@@ -198,14 +215,15 @@ def main(argv=None) -> dict:
     results = []
     for model in args.models:
         arch, hflip_p = MODELS[model]
+        pipelines = {}
         for pipeline in args.pipelines:
             if pipeline == "b":
-                train, test = project_epochs(arch, hflip_p, data, args.device)
+                pipelines[pipeline] = project_epochs(arch, hflip_p, data, args.device)
             else:
-                train, test = reference_epochs(arch, reference_loaders(pipeline, mnist, args, hflip_p > 0))
-            results.append(time_epochs(pipeline, model, train, test, args.epochs, n_train, n_test))
-            r = results[-1]
-            print(f"  {pipeline:<3}{model:<11} train {r['train_s']:.2f} s  test {r['test_s']:.2f} s  "
+                pipelines[pipeline] = reference_epochs(arch, reference_loaders(pipeline, mnist, args, hflip_p > 0))
+        for r in time_epochs(model, pipelines, args.epochs, n_train, n_test):
+            results.append(r)
+            print(f"  {r['pipeline']:<3}{model:<11} train {r['train_s']:.2f} s  test {r['test_s']:.2f} s  "
                   f"test acc {r['test_acc']:.2f}%", flush=True)
 
     by_key = {(r["pipeline"], r["model"]): r for r in results}

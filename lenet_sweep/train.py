@@ -165,6 +165,23 @@ def evaluate(
     return loss_sum.item() / len(y), 100.0 * correct.item() / len(y)
 
 
+def graphed_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    hflip_p: float = 0.0,
+    amp_dtype: Optional[torch.dtype] = None,
+) -> Optional[GraphedTrainStep]:
+    """The captured training step ``train_one_epoch`` replays when ``x`` is on a GPU; ``None`` on the CPU."""
+    if not x.is_cuda or len(y) < batch_size:
+        return None
+    from lenet_sweep.cuda_graph import GraphedTrainStep
+
+    return GraphedTrainStep(model, optimizer, x, y, batch_size, hflip_p > 0, amp_dtype)
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -184,11 +201,7 @@ def fit(
     ``on_epoch_end`` sees every epoch's metrics (logging, checkpoints). Raises
     ``DivergedError`` as soon as an epoch's training loss is not finite.
     """
-    graphed = None
-    if data.train_x.is_cuda and len(data.train_y) >= batch_size:
-        from lenet_sweep.cuda_graph import GraphedTrainStep
-
-        graphed = GraphedTrainStep(model, optimizer, data.train_x, data.train_y, batch_size, hflip_p > 0, amp_dtype)
+    graphed = graphed_step(model, optimizer, data.train_x, data.train_y, batch_size, hflip_p, amp_dtype)
     history = []
     for epoch in range(start_epoch, epochs + 1):
         progress = progress_factory(epoch, len(data.train_y)) if progress_factory else None
