@@ -140,6 +140,11 @@ def _load_device_data(cfg: Config, start_dir: Path, device: torch.device) -> Dev
     )
 
 
+def _close_orphans(client, experiment_id: str) -> None:
+    for run_id in tracking.close_orphaned_runs(client, experiment_id):
+        log.warning("run %s was left RUNNING by a process that is gone; marked KILLED", run_id)
+
+
 def _find_resumable(client, experiment_id: str, fingerprint: str):
     for run in tracking.find_runs(client, experiment_id, fingerprint, RESUMABLE):
         checkpoint = run.data.tags.get(tracking.CHECKPOINT_TAG)
@@ -161,6 +166,8 @@ def run_job(cfg: Config, flat_config: dict[str, Any], ctx: JobContext) -> JobRes
         client, cfg.mlflow.experiment, tracking.default_artifact_location(tracking_uri)
     )
     fingerprint = tracking.config_fingerprint(flat_config)
+    if ctx.sweep_dir is None:  # in a multirun the launching process did this before any job started
+        _close_orphans(client, experiment_id)
     if cfg.sweep.skip_finished:
         finished = tracking.find_runs(client, experiment_id, fingerprint, ["FINISHED"])
         if finished:
@@ -189,6 +196,9 @@ def run_job(cfg: Config, flat_config: dict[str, Any], ctx: JobContext) -> JobRes
         last_epoch, history = load_checkpoint(checkpoint_path, model, optimizer, generator)
         start_epoch = last_epoch + 1
         client.update_run(run_id, status="RUNNING")
+        tracking.set_tags(client, run_id, tracking.owner_tags())
+        if tracking.FAILURE_TAG in resumed_run.data.tags:  # that failure is being repaired
+            client.delete_tag(run_id, tracking.FAILURE_TAG)
         _log_missing_epochs(client, run_id, history)
         log.info("resume %s: run %s from epoch %d (%s)", name, run_id, start_epoch, checkpoint_path)
     else:

@@ -72,6 +72,8 @@ class SweepCallback(Callback):
         experiment_id = tracking.get_or_create_experiment(
             self.client, config.mlflow.experiment, tracking.default_artifact_location(uri)
         )
+        for run_id in tracking.close_orphaned_runs(self.client, experiment_id):
+            print(f"run {run_id} was left RUNNING by a process that is gone; marked KILLED", file=sys.stderr)
         overrides = list(config.hydra.overrides.task)
         name = f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(overrides)}".strip()
         tags = {"sweep": "true", "hydra.sweep_dir": str(Path(config.hydra.sweep.dir).resolve())}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import time
 import urllib.error
@@ -31,6 +32,9 @@ DEFAULT_STORE = Path("outputs") / "mlflow.db"
 FINGERPRINT_TAG = "config_fingerprint"
 FAILURE_TAG = "failure_reason"
 CHECKPOINT_TAG = "checkpoint_path"
+# Which process owns a RUNNING run, so that a later launch on the same host can tell a dead owner.
+HOST_TAG = "host"
+PID_TAG = "pid"
 # Config keys that say where things are or how they are run, not what is computed.
 FINGERPRINT_EXCLUDED = ("mlflow", "sweep", "data.root", "data.download", "data.train_dir", "data.test_dir", "train.threads")
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
@@ -136,6 +140,44 @@ def find_runs(client: MlflowClient, experiment_id: str, fingerprint: str, status
     return [run for run in runs if run.info.status in wanted]
 
 
+def owner_tags() -> dict[str, str]:
+    """Host and process id of the caller, recorded on every run it starts or resumes."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    try:  # a zombie has exited; only its parent has not reaped it yet
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """End as KILLED the experiment's RUNNING runs whose owning process on this host is gone; their ids.
+
+    A SIGKILLed process (out of memory, ``kill -9``) cannot close its own run.
+    Runs owned by another host are left alone: their process cannot be checked
+    from here. A closed job run stays resumable from its checkpoint.
+    """
+    host = socket.gethostname()
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.{HOST_TAG} = '{host}'"
+    )
+    closed = []
+    for run in runs:
+        pid = run.data.tags.get(PID_TAG, "")
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            end_run(client, run.info.run_id, "KILLED", f"its process {pid} on {host} ended without closing it")
+            closed.append(run.info.run_id)
+    return closed
+
+
 def start_run(
     client: MlflowClient,
     experiment_id: str,
@@ -144,7 +186,7 @@ def start_run(
     parent_run_id: Optional[str] = None,
 ) -> str:
     """Create a RUNNING run (a child of ``parent_run_id`` when given) and return its id."""
-    all_tags = {MLFLOW_RUN_NAME: run_name, MLFLOW_SOURCE_NAME: "lenet_sweep", **tags}
+    all_tags = {MLFLOW_RUN_NAME: run_name, MLFLOW_SOURCE_NAME: "lenet_sweep", **owner_tags(), **tags}
     if parent_run_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     return client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id

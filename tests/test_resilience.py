@@ -22,6 +22,18 @@ def history(client, run_id):
             for key in METRICS if key != "epoch_seconds"}
 
 
+def sigkill_after_epoch_two(args, workdir) -> int:
+    """Run the CLI until the first "Epoch 2:" line, SIGKILL it there and reap it; its pid."""
+    process = subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=workdir, env=cli_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        if "Epoch 2:" in line:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    return process.pid
+
+
 def test_diverging_job_fails_alone_and_the_sweep_reports_it(workdir):
     result = run_cli(["-m", "model=mlp", "optimizer.lr=0.01,1e6,0.02"] + SMALL, workdir)
     assert result.returncode == 1, result.stderr[-2000:]
@@ -52,13 +64,7 @@ def test_skip_finished_can_be_turned_off(workdir):
 
 def test_sigkill_mid_run_then_relaunch_resumes_to_identical_metrics(workdir, tmp_path_factory):
     args = ["train.epochs=4", "data.train_limit=3000", "data.test_limit=500", "train.threads=1"]
-    process = subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=workdir, env=cli_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in process.stdout:
-        if "Epoch 2:" in line:
-            os.kill(process.pid, signal.SIGKILL)
-            break
-    process.wait(timeout=60)
+    sigkill_after_epoch_two(args, workdir)
     client, runs = runs_of(workdir)
     assert [r.info.status for r in runs] == ["RUNNING"] and steps(client, runs[0].info.run_id)[-1] in (2, 3)
 
@@ -75,6 +81,26 @@ def test_sigkill_mid_run_then_relaunch_resumes_to_identical_metrics(workdir, tmp
     assert run_cli(args, reference_dir).returncode == 0
     ref_client, ref_runs = runs_of(reference_dir)
     assert history(client, runs[0].info.run_id) == history(ref_client, ref_runs[0].info.run_id)
+
+
+def test_a_sigkilled_sweep_leaves_no_run_running_after_the_next_launch(workdir):
+    args = ["-m", "seed=0,1", "train.epochs=4", "data.train_limit=3000", "data.test_limit=500", "train.threads=1"]
+    pid = sigkill_after_epoch_two(args, workdir)
+    client, every_run = runs_of(workdir, children_only=False)
+    assert sorted(r.info.status for r in every_run) == ["RUNNING", "RUNNING"]  # the parent and job 0
+    orphans = {r.info.run_id for r in every_run}
+
+    relaunch = run_cli(args, workdir)
+    assert relaunch.returncode == 0, relaunch.stderr[-2000:]
+    assert relaunch.stderr.count("left RUNNING by a process that is gone") == 2
+    client, every_run = runs_of(workdir, children_only=False)
+    assert not [r for r in every_run if r.info.status == "RUNNING"]
+    old_parent = [r for r in every_run if r.info.run_id in orphans and r.data.tags.get("sweep") == "true"][0]
+    assert old_parent.info.status == "KILLED"
+    assert f"process {pid} " in old_parent.data.tags["failure_reason"]
+    resumed = [r for r in every_run if r.info.run_id in orphans and r.data.tags.get("sweep") != "true"][0]
+    assert resumed.info.status == "FINISHED" and "failure_reason" not in resumed.data.tags
+    assert steps(client, resumed.info.run_id) == [1, 2, 3, 4]
 
 
 def test_four_parallel_joblib_jobs_into_sqlite(workdir):
