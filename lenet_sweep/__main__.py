@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lenet_sweep.config import Config, ConfigError, register_configs
+from lenet_sweep.config import Config, ConfigError, check_known_keys, register_configs
 from lenet_sweep.data import DataError
 from lenet_sweep.job import JobContext, JobResult, run_job, run_name
 from lenet_sweep.tracking import TrackingError, flatten
@@ -59,6 +59,7 @@ def main(dict_cfg: DictConfig) -> float | None:
     ctx = job_context()
     multirun = ctx.sweep_dir is not None
     try:
+        check_known_keys(OmegaConf.to_container(dict_cfg))
         cfg: Config = OmegaConf.to_object(dict_cfg)
         result = run_job(cfg, flatten(OmegaConf.to_container(dict_cfg, resolve=True)), ctx)
     except INPUT_ERRORS as error:

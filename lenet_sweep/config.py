@@ -8,8 +8,10 @@ loaded, and name the offending key.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 
@@ -154,6 +156,23 @@ class Config:
 
     def __post_init__(self) -> None:
         _require(self.device in DEVICES, "device", self.device, "must be one of auto, cpu, cuda")
+
+
+def check_known_keys(values: Mapping[str, Any], schema: type = Config, prefix: str = "") -> None:
+    """Raise ``ConfigError`` naming the first key of ``values`` that no field of ``schema`` reads.
+
+    Hydra's ``+key=value`` adds keys even to a typed config, and converting to
+    the dataclasses would silently drop them: a misspelt ``+train.epoch=3``
+    would train with the default.
+    """
+    hints = get_type_hints(schema)
+    fields = {f.name for f in dataclasses.fields(schema)}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"{path}: unknown key, nothing reads it (`python -m lenet_sweep --cfg job` lists the keys)")
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, Mapping):
+            check_known_keys(value, hints[key], f"{path}.")
 
 
 def register_configs() -> None:

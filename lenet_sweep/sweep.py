@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lenet_sweep import tracking
+from lenet_sweep.config import ConfigError, check_known_keys
 from lenet_sweep.job import PARENT_RUN_FILE, STATUS_FILE
 
 STATUSES = ("FINISHED", "FAILED", "KILLED", "SKIPPED")
@@ -64,8 +65,10 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri, Path.cwd())
         try:
+            # Keys added with + are the same in every job: reject them once, before any job starts.
+            check_known_keys({k: v for k, v in OmegaConf.to_container(config).items() if k != "hydra"})
             tracking.check_reachable(uri)
-        except tracking.TrackingError as error:
+        except (ConfigError, tracking.TrackingError) as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         self.client = tracking.MlflowClient(uri)

@@ -66,7 +66,7 @@ def test_range_checks_name_the_key():
 @pytest.mark.parametrize(
     "override,key",
     [("train.epochs=abc", "train.epochs"), ("train.batch_size=0", "train.batch_size"), ("optimizer.lr=-1", "optimizer.lr"),
-     ("model=resnet", "model/resnet")],
+     ("model=resnet", "model/resnet"), ("+train.epoch=3", "train.epoch: unknown key")],
 )
 def test_invalid_values_fail_before_training_with_one_line(workdir, override, key):
     result = run_cli([override], workdir)
@@ -75,3 +75,12 @@ def test_invalid_values_fail_before_training_with_one_line(workdir, override, ke
     assert len(error_lines) == 1 and key in error_lines[0], result.stderr
     assert "Epoch" not in result.stdout
     assert not (workdir / "outputs" / "mlflow.db").exists() or not runs_of(workdir)[1]
+
+
+def test_an_unknown_key_stops_a_multirun_before_any_job(workdir):
+    result = run_cli(["-m", "seed=0,1", "+optimizer.learning_rate=0.1"], workdir)
+    assert result.returncode == 2, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(error_lines) == 1 and "optimizer.learning_rate: unknown key" in error_lines[0], result.stderr
+    assert "Epoch" not in result.stdout
+    assert not (workdir / "outputs" / "mlflow.db").exists() or not runs_of(workdir, children_only=False)[1]
