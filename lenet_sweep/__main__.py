@@ -47,7 +47,7 @@ def job_context() -> JobContext:
     return JobContext(
         start_dir=Path(hydra_cfg.runtime.cwd),
         output_dir=Path(hydra_cfg.runtime.output_dir),
-        override_string=" ".join(hydra_cfg.overrides.task),
+        overrides=tuple(hydra_cfg.overrides.task),
         sweep_dir=Path(hydra_cfg.sweep.dir).resolve() if multirun else None,
         job_num=hydra_cfg.job.num if multirun else None,
         parallel_jobs=_parallel_jobs(hydra_cfg) if multirun else 1,
@@ -66,22 +66,22 @@ def main(dict_cfg: DictConfig) -> float | None:
         print(f"error: {error}", file=sys.stderr)
         if not multirun:
             sys.exit(2)
-        result = JobResult("FAILED", _safe_name(dict_cfg), reason=str(error))
+        result = JobResult("FAILED", _safe_name(dict_cfg, ctx.overrides), reason=str(error))
     except KeyboardInterrupt:
         raise
     except Exception as error:
         if not multirun:
             raise
         # One failed job must not stop the sweep: record it, let the others run.
-        log.exception("job %s failed", _safe_name(dict_cfg))
-        result = JobResult("FAILED", _safe_name(dict_cfg), reason=f"{type(error).__name__}: {error}")
+        log.exception("job %s failed", _safe_name(dict_cfg, ctx.overrides))
+        result = JobResult("FAILED", _safe_name(dict_cfg, ctx.overrides), reason=f"{type(error).__name__}: {error}")
     result.write(ctx.output_dir)
     return result.test_acc
 
 
-def _safe_name(dict_cfg: DictConfig) -> str:
+def _safe_name(dict_cfg: DictConfig, overrides: tuple[str, ...]) -> str:
     try:
-        return run_name(OmegaConf.to_object(dict_cfg))
+        return run_name(OmegaConf.to_object(dict_cfg), overrides)
     except Exception:
         return "invalid-config"
 

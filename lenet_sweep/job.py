@@ -41,7 +41,7 @@ class JobContext:
 
     start_dir: Path
     output_dir: Path
-    override_string: str
+    overrides: tuple[str, ...]  # the job's command-line overrides, sweep values resolved
     sweep_dir: Optional[Path] = None
     job_num: Optional[int] = None
     parallel_jobs: int = 1
@@ -59,12 +59,27 @@ class JobResult:
         (directory / STATUS_FILE).write_text(json.dumps(asdict(self)))
 
 
-def run_name(cfg: Config) -> str:
-    """A name a person can read in the MLflow UI, e.g. ``lenet_reg·flip·sgd·s0``."""
+# Overrides that say where or how a job runs rather than what it computes; run names leave them out.
+NAME_EXCLUDED_PREFIXES = ("mlflow.", "sweep.", "hydra.", "data.root", "data.download", "data.train_dir",
+                          "data.test_dir", "data.format", "train.threads", "train.compile", "device", "seed")
+
+
+def run_name(cfg: Config, overrides: tuple[str, ...] = ()) -> str:
+    """A name a person can read in the MLflow UI, e.g. ``lenet_reg·flip·sgd·s0``.
+
+    Overridden settings that change what is computed are appended by their last
+    key, so an lr sweep's runs read ``lenet·none·sgd·s0·lr=0.1``; config group
+    choices (``model=mlp``) already show in the first parts.
+    """
     model = cfg.model.name
     if cfg.model.regularization.name != "none" and cfg.model.name == cfg.model.arch:
         model += f"+{cfg.model.regularization.name}"
-    return f"{model}·{cfg.aug.name}·{cfg.optimizer.name}·s{cfg.seed}"
+    parts = [model, cfg.aug.name, cfg.optimizer.name, f"s{cfg.seed}"]
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if "." in key and not key.startswith(NAME_EXCLUDED_PREFIXES):
+            parts.append(f"{key.rsplit('.', 1)[1]}={value}")
+    return "·".join(parts)
 
 
 def pick_device(requested: str) -> torch.device:
@@ -158,7 +173,7 @@ def run_job(cfg: Config, flat_config: dict[str, Any], ctx: JobContext) -> JobRes
 
     Raises ``ConfigError``/``DataError``/``TrackingError`` before any run exists.
     """
-    name = run_name(cfg)
+    name = run_name(cfg, ctx.overrides)
     tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri, ctx.start_dir)
     tracking.check_reachable(tracking_uri)
     client = tracking.MlflowClient(tracking_uri)
@@ -204,7 +219,7 @@ def run_job(cfg: Config, flat_config: dict[str, Any], ctx: JobContext) -> JobRes
     else:
         checkpoint_path = ctx.output_dir / CHECKPOINT_NAME
         tags = tracking.tags_for_job(
-            ctx.override_string, str(ctx.sweep_dir) if ctx.sweep_dir else None, ctx.job_num,
+            " ".join(ctx.overrides), str(ctx.sweep_dir) if ctx.sweep_dir else None, ctx.job_num,
             tracking.git_commit(ctx.start_dir),
         )
         tags[tracking.FINGERPRINT_TAG] = fingerprint

@@ -4,6 +4,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lenet_sweep.config import Config, ConfigError, register_configs
+from lenet_sweep.job import run_name
 
 
 def composed(*overrides: str) -> Config:
@@ -52,6 +53,20 @@ def test_command_line_regularization_wins_over_model_preset(order):
     cfg = composed(*order)
     assert cfg.model.name == "lenet_reg"
     assert cfg.model.regularization.name == "none"
+
+
+@pytest.mark.parametrize(
+    "overrides,name",
+    [
+        ((), "lenet·none·sgd·s0"),
+        (("model=mlp", "regularization=dropout", "aug=flip", "seed=2"), "mlp+dropout·flip·sgd·s2"),
+        (("model=lenet_reg", "optimizer=adam", "optimizer.lr=0.1"), "lenet_reg·none·adam·s0·lr=0.1"),
+        (("+model.regularization.dropout=0.3", "train.epochs=3", "mlflow.experiment=x", "train.threads=1",
+          "data.root=/data"), "lenet·none·sgd·s0·dropout=0.3·epochs=3"),
+    ],
+)
+def test_run_names_show_what_differs(overrides, name):
+    assert run_name(composed(*(o.lstrip("+") for o in overrides)), overrides) == name
 
 
 def test_range_checks_name_the_key():

@@ -16,7 +16,7 @@ from lenet_sweep.services import (
     stop_process_group,
 )
 
-RUN_NAMES = ("lenet·none·sgd·s0", "mlp·none·sgd·s0")
+RUN_NAMES = tuple(f"{model}·none·sgd·s0·epochs=1·train_limit=600·test_limit=200" for model in ("lenet", "mlp"))
 
 pytestmark = pytest.mark.skipif(
     find_chromium() is None, reason="chromium not found: `apt-get install chromium` to run the MLflow UI browser test"
