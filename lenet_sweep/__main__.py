@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lenet_sweep.config import Config, ConfigError, check_known_keys, register_configs
+from lenet_sweep.config import Config, ConfigError, check_known_keys, one_line, register_configs
 from lenet_sweep.data import DataError
 from lenet_sweep.job import JobContext, JobResult, run_job, run_name
 from lenet_sweep.tracking import TrackingError, flatten
@@ -84,18 +83,6 @@ def _safe_name(dict_cfg: DictConfig, overrides: tuple[str, ...]) -> str:
         return run_name(OmegaConf.to_object(dict_cfg), overrides)
     except Exception:
         return "invalid-config"
-
-
-def one_line(error: BaseException) -> str:
-    """Hydra's multi-line composition errors as one line: what failed, why, and the valid options."""
-    text = str(error)
-    if error.__cause__ is not None:
-        text = text.split("\n\n")[0] + "\n" + str(error.__cause__)
-    headline = [line.strip() for line in text.split("\n\n")[0].splitlines() if line and not line[0].isspace()]
-    options = re.search(r"Available options in '[^']+':\n((?:\t.*\n?)+)", text)
-    if options:
-        headline.append("choose from " + ", ".join(o.strip() for o in options.group(1).splitlines()))
-    return ": ".join(headline)
 
 
 def cli() -> None:

@@ -9,6 +9,7 @@ loaded, and name the offending key.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, get_type_hints
@@ -173,6 +174,18 @@ def check_known_keys(values: Mapping[str, Any], schema: type = Config, prefix: s
             raise ConfigError(f"{path}: unknown key, nothing reads it (`python -m lenet_sweep --cfg job` lists the keys)")
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, Mapping):
             check_known_keys(value, hints[key], f"{path}.")
+
+
+def one_line(error: BaseException) -> str:
+    """Hydra's multi-line composition errors as one line: what failed, why, and the valid options."""
+    text = str(error)
+    if error.__cause__ is not None:
+        text = text.split("\n\n")[0] + "\n" + str(error.__cause__)
+    headline = [line.strip() for line in text.split("\n\n")[0].splitlines() if line and not line[0].isspace()]
+    options = re.search(r"Available options in '[^']+':\n((?:\t.*\n?)+)", text)
+    if options:
+        headline.append("choose from " + ", ".join(o.strip() for o in options.group(1).splitlines()))
+    return ": ".join(headline)
 
 
 def register_configs() -> None:

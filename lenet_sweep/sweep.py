@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lenet_sweep import tracking
-from lenet_sweep.config import ConfigError, check_known_keys
+from lenet_sweep.config import Config, ConfigError, check_known_keys, one_line
 from lenet_sweep.job import PARENT_RUN_FILE, STATUS_FILE
 
 STATUSES = ("FINISHED", "FAILED", "KILLED", "SKIPPED")
@@ -55,6 +57,34 @@ def format_summary(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def check_every_job(config: DictConfig) -> None:
+    """Compose and check each job of the sweep as the launcher will, before any job starts.
+
+    Hydra's basic sweeper composes the jobs of a batch before launching it, but
+    the typed config's range checks and unknown keys only surface when each job
+    converts its config, that is after the jobs before it have trained. Raises
+    ``ConfigError`` (or Hydra's composition error) naming the key.
+    """
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return  # another sweeper chooses its jobs as it goes
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    loader = GlobalHydra.instance().config_loader()
+    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create(config_loader=loader).parse_overrides(params + list(config.hydra.overrides.task))
+    for batch in BasicSweeper.split_arguments(overrides, None):
+        for job_overrides in batch:
+            job = loader.load_sweep_config(config, list(job_overrides))
+            values = {key: value for key, value in OmegaConf.to_container(job).items() if key != "hydra"}
+            check_known_keys(values)
+            OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), values))
+
+
 class SweepCallback(Callback):
     """Parent MLflow run and end-of-sweep summary for ``-m`` runs."""
 
@@ -64,12 +94,15 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri, Path.cwd())
+        # Hydra turns a callback's exception into a warning and goes on: exit here instead.
         try:
-            # Keys added with + are the same in every job: reject them once, before any job starts.
-            check_known_keys({k: v for k, v in OmegaConf.to_container(config).items() if k != "hydra"})
+            check_every_job(config)
             tracking.check_reachable(uri)
         except (ConfigError, tracking.TrackingError) as error:
             print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        except (HydraException, OmegaConfBaseException) as error:
+            print(f"error: {one_line(error)}", file=sys.stderr)
             sys.exit(2)
         self.client = tracking.MlflowClient(uri)
         experiment_id = tracking.get_or_create_experiment(

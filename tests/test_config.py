@@ -92,10 +92,15 @@ def test_invalid_values_fail_before_training_with_one_line(workdir, override, ke
     assert not (workdir / "outputs" / "mlflow.db").exists() or not runs_of(workdir)[1]
 
 
-def test_an_unknown_key_stops_a_multirun_before_any_job(workdir):
-    result = run_cli(["-m", "seed=0,1", "+optimizer.learning_rate=0.1"], workdir)
+@pytest.mark.parametrize(
+    "sweep,key",
+    [(["seed=0,1", "+optimizer.learning_rate=0.1"], "optimizer.learning_rate: unknown key"),
+     (["optimizer.lr=0.1,-1"], "optimizer.lr=-1.0"), (["model=lenet,bogus"], "model/bogus")],
+)
+def test_a_bad_job_stops_a_multirun_before_any_job_trains(workdir, sweep, key):
+    result = run_cli(["-m", *sweep], workdir)
     assert result.returncode == 2, result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(error_lines) == 1 and "optimizer.learning_rate: unknown key" in error_lines[0], result.stderr
+    assert len(error_lines) == 1 and key in error_lines[0], result.stderr
     assert "Epoch" not in result.stdout
-    assert not (workdir / "outputs" / "mlflow.db").exists() or not runs_of(workdir, children_only=False)[1]
+    assert not (workdir / "outputs" / "mlflow.db").exists(), "not even a parent run"
