@@ -63,9 +63,9 @@ def test_smoke_sweep_has_one_parent_run_with_six_children(smoke_sweep):
 
 
 def test_same_config_and_seed_give_identical_metrics(workdir):
-    args = SMALL + ["model=lenet_reg", "aug=flip", "sweep.skip_finished=false"]
-    for _ in range(2):
-        assert run_cli(args, workdir).returncode == 0
+    # Two jobs of one config in one sweep; across processes, the SIGKILL resume test compares histories.
+    result = run_cli(["-m", "seed=0,0", "model=lenet_reg", "aug=flip", "sweep.skip_finished=false"] + SMALL, workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
     client, runs = runs_of(workdir)
     assert len(runs) == 2
     assert runs[0].data.metrics == {**runs[1].data.metrics, "epoch_seconds": runs[0].data.metrics["epoch_seconds"]}

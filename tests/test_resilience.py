@@ -55,10 +55,11 @@ def test_diverging_job_fails_alone_and_the_sweep_reports_it(workdir):
 
 
 def test_skip_finished_can_be_turned_off(workdir):
+    # Skipping itself is covered by the relaunch in test_diverging_job_fails_alone_and_the_sweep_reports_it.
     args = ["model=mlp"] + SMALL
     assert run_cli(args, workdir).returncode == 0
-    assert "already FINISHED" in run_cli(args, workdir).stdout
-    assert run_cli(args + ["sweep.skip_finished=false"], workdir).returncode == 0
+    rerun = run_cli(args + ["sweep.skip_finished=false"], workdir)
+    assert rerun.returncode == 0 and "already FINISHED" not in rerun.stdout
     assert len(runs_of(workdir)[1]) == 2
 
 
@@ -84,7 +85,7 @@ def test_sigkill_mid_run_then_relaunch_resumes_to_identical_metrics(workdir, tmp
 
 
 def test_a_sigkilled_sweep_leaves_no_run_running_after_the_next_launch(workdir):
-    args = ["-m", "seed=0,1", "train.epochs=4", "data.train_limit=3000", "data.test_limit=500", "train.threads=1"]
+    args = ["-m", "seed=0,1", "train.epochs=3", "data.train_limit=2000", "data.test_limit=200", "train.threads=1"]
     pid = sigkill_after_epoch_two(args, workdir)
     client, every_run = runs_of(workdir, children_only=False)
     assert sorted(r.info.status for r in every_run) == ["RUNNING", "RUNNING"]  # the parent and job 0
@@ -100,7 +101,7 @@ def test_a_sigkilled_sweep_leaves_no_run_running_after_the_next_launch(workdir):
     assert f"process {pid} " in old_parent.data.tags["failure_reason"]
     resumed = [r for r in every_run if r.info.run_id in orphans and r.data.tags.get("sweep") != "true"][0]
     assert resumed.info.status == "FINISHED" and "failure_reason" not in resumed.data.tags
-    assert steps(client, resumed.info.run_id) == [1, 2, 3, 4]
+    assert steps(client, resumed.info.run_id) == [1, 2, 3]
 
 
 def test_four_parallel_joblib_jobs_into_sqlite(workdir):
