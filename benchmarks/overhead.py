@@ -32,6 +32,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from lenet_sweep.config import MlflowConfig
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -45,7 +47,7 @@ def run_once(workdir: Path, epochs: int) -> dict:
     launched = time.time()
     subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
     client = MlflowClient(store)
-    experiment = client.get_experiment_by_name("lenet_sweep")
+    experiment = client.get_experiment_by_name(MlflowConfig().experiment)
     run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
     history = sorted(client.get_metric_history(run.info.run_id, "epoch_seconds"), key=lambda m: m.step)
     return {"launched_s": launched, "epochs": [(m.step, m.timestamp / 1000, m.value) for m in history]}

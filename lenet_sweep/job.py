@@ -59,9 +59,9 @@ class JobResult:
         (directory / STATUS_FILE).write_text(json.dumps(asdict(self)))
 
 
-# Overrides that say where or how a job runs rather than what it computes; run names leave them out.
-NAME_EXCLUDED_PREFIXES = ("mlflow.", "sweep.", "hydra.", "data.root", "data.download", "data.train_dir",
-                          "data.test_dir", "data.format", "train.threads", "train.compile", "device", "seed")
+# Overrides that say where or how a job runs rather than what it computes (the fingerprint's
+# exclusions, plus what the name shows anyway or does not change the numbers); run names leave them out.
+NAME_EXCLUDED_PREFIXES = (*tracking.FINGERPRINT_EXCLUDED, "hydra.", "data.format", "train.compile", "device", "seed")
 
 
 def run_name(cfg: Config, overrides: tuple[str, ...] = ()) -> str:

@@ -66,9 +66,8 @@ def conv_act_pool_by_phases(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module, no
     """
     shifted = [F.pad(conv.weight, (s, 1 - s, r, 1 - r)) for r in (0, 1) for s in (0, 1)]
     y = F.conv2d(x, torch.cat(shifted), conv.bias.repeat(4), stride=2)
-    if not isinstance(norm, nn.Identity):
-        n, _, h, w = y.shape
-        y = norm(y.view(n * 4, conv.out_channels, h, w)).view(n, 4 * conv.out_channels, h, w)
+    n, _, h, w = y.shape
+    y = norm(y.view(n * 4, conv.out_channels, h, w)).view(n, 4 * conv.out_channels, h, w)
     return _MaxOverPhases.apply(act(y))
 
 

@@ -78,6 +78,13 @@ def test_range_checks_name_the_key():
         composed("optimizer=adam", "optimizer.momentum=0.9")
 
 
+def assert_stopped_with_one_line(result, key):
+    assert result.returncode == 2, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(error_lines) == 1 and key in error_lines[0], result.stderr
+    assert "Epoch" not in result.stdout
+
+
 @pytest.mark.parametrize(
     "override,key",
     # Range checks end the same way; test_range_checks_name_the_key covers each in-process.
@@ -85,10 +92,7 @@ def test_range_checks_name_the_key():
 )
 def test_invalid_values_fail_before_training_with_one_line(workdir, override, key):
     result = run_cli([override], workdir)
-    assert result.returncode == 2, result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(error_lines) == 1 and key in error_lines[0], result.stderr
-    assert "Epoch" not in result.stdout
+    assert_stopped_with_one_line(result, key)
     assert not (workdir / "outputs" / "mlflow.db").exists() or not runs_of(workdir)[1]
 
 
@@ -98,8 +102,5 @@ def test_invalid_values_fail_before_training_with_one_line(workdir, override, ke
 )
 def test_a_bad_job_stops_a_multirun_before_any_job_trains(workdir, sweep, key):
     result = run_cli(["-m", *sweep], workdir)
-    assert result.returncode == 2, result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(error_lines) == 1 and key in error_lines[0], result.stderr
-    assert "Epoch" not in result.stdout
+    assert_stopped_with_one_line(result, key)
     assert not (workdir / "outputs" / "mlflow.db").exists(), "not even a parent run"
