@@ -104,7 +104,7 @@ def project_epochs(arch: str, hflip_p: float, data: tuple, device: str, batch_si
     """Pipeline (b): the runner's ``train_one_epoch`` / ``evaluate`` over tensors on ``device``."""
     x, y, test_x, test_y = data
     model = fresh_model(arch, device)
-    optimizer = make_optimizer(model.parameters(), "sgd", LR, MOMENTUM)
+    optimizer = make_optimizer(model, "sgd", LR, MOMENTUM)
     generator = torch.Generator().manual_seed(SEED)
     graphed = graphed_step(model, optimizer, x, y, batch_size, hflip_p)
     return (

@@ -26,7 +26,7 @@ MODES = {"fp32": (None, False), "bf16": (torch.bfloat16, False), "compile": (Non
 def time_mode(data: DeviceData, amp_dtype, compile_model: bool, epochs: int, batch_size: int) -> dict:
     torch.manual_seed(0)
     model = build_model("lenet").cuda()
-    optimizer = make_optimizer(model.parameters(), "sgd", 0.01, 0.9)
+    optimizer = make_optimizer(model, "sgd", 0.01, 0.9)
     trained = torch.compile(model) if compile_model else model
     marks = [time.perf_counter()]
 
@@ -43,7 +43,7 @@ def time_eager(data: DeviceData, epochs: int, batch_size: int) -> dict:
     """The same loop without the CUDA graph: one launch per kernel, for comparison."""
     torch.manual_seed(0)
     model = build_model("lenet").cuda()
-    optimizer = make_optimizer(model.parameters(), "sgd", 0.01, 0.9)
+    optimizer = make_optimizer(model, "sgd", 0.01, 0.9)
     generator = torch.Generator().manual_seed(0)
     seconds, test_acc = [], 0.0
     for _ in range(epochs):

@@ -195,7 +195,7 @@ def run_job(cfg: Config, flat_config: dict[str, Any], ctx: JobContext) -> JobRes
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.arch, cfg.model.regularization.dropout, cfg.model.regularization.batchnorm).to(device)
     optimizer = make_optimizer(
-        model.parameters(), cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay
+        model, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay
     )
     generator = torch.Generator().manual_seed(cfg.seed)
     n_params = count_parameters(model)

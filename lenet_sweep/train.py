@@ -59,23 +59,59 @@ class EpochMetrics:
         )
 
 
-def make_optimizer(
-    params, name: str, lr: float, momentum: Optional[float] = None, weight_decay: float = 0.0
-) -> torch.optim.Optimizer:
-    """``sgd`` (with momentum) or ``adam`` over ``params``.
+def pack_parameters(model: nn.Module) -> torch.Tensor:
+    """Move ``model``'s parameters into one flat buffer and their gradients into another.
 
-    The fused implementations update all parameters in one kernel instead of a
-    Python loop of small ops (about half of SGD's step time for LeNet on the CPU).
+    Returns the flat parameter: a leaf tensor whose ``.grad`` is the flat
+    gradient. Every parameter of ``model`` becomes a view of it, with a view of
+    the flat gradient as its ``.grad``, so backward accumulates into the flat
+    gradient in place and an optimizer over the flat parameter updates the
+    whole model with one kernel and one parameter's worth of bookkeeping
+    (torch.optim's per-parameter Python costs about 0.3 ms of a 4 ms LeNet step
+    on 2 cores). Values and names (``state_dict``) are unchanged. Gradients
+    must then be zeroed, never set to ``None``, or the views come apart.
     """
-    params = list(params)
+    params = [p for p in model.parameters() if p.requires_grad]
+    first = params[0]
+    flat = torch.zeros(sum(p.numel() for p in params), dtype=first.dtype, device=first.device)
+    flat_grad = torch.zeros_like(flat)
+    offset = 0
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if not param.requires_grad:
+                continue
+            size = param.numel()
+            view = flat[offset : offset + size].view_as(param)
+            view.copy_(param.detach())
+            packed = nn.Parameter(view)
+            packed.grad = flat_grad[offset : offset + size].view_as(param)
+            setattr(module, name, packed)
+            offset += size
+    flat.requires_grad_(True)
+    flat.grad = flat_grad
+    return flat
+
+
+def make_optimizer(
+    model: nn.Module, name: str, lr: float, momentum: Optional[float] = None, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    """``sgd`` (with momentum) or ``adam`` over ``model``'s parameters.
+
+    On the CPU the parameters are packed first (``pack_parameters``). The fused
+    implementations update all parameters in one kernel instead of a Python
+    loop of small ops (about half of SGD's step time for LeNet on the CPU).
+    """
+    if name not in ("sgd", "adam"):
+        raise ValueError(f"unknown optimizer {name!r}")
+    params = list(model.parameters())
+    if params and all(p.device.type == "cpu" for p in params):
+        params = [pack_parameters(model)]
     fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum or 0.0, weight_decay=weight_decay, fused=fused)
-    if name == "adam":
-        # capturable: its step count stays on the GPU, so the step can run inside a CUDA graph.
-        capturable = bool(params) and all(p.is_cuda for p in params)
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused, capturable=capturable)
-    raise ValueError(f"unknown optimizer {name!r}")
+    # capturable: its step count stays on the GPU, so the step can run inside a CUDA graph.
+    capturable = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused, capturable=capturable)
 
 
 def random_hflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
@@ -133,8 +169,8 @@ def train_one_epoch(
         with _autocast(x.device, amp_dtype):
             logits = model(inputs)
             loss = nn.functional.cross_entropy(logits, targets)
-        # A captured graph owns the gradient tensors: zero them, never drop them.
-        optimizer.zero_grad(set_to_none=graphed is None)
+        # Zeroed in place, never dropped: packed parameters and a captured graph both hold on to them.
+        optimizer.zero_grad(set_to_none=False)
         loss.backward()
         optimizer.step()
         loss_sum.add_(loss.detach(), alpha=len(idx))

@@ -112,7 +112,7 @@ def test_one_epoch_of_each_pipeline_reaches_the_same_test_accuracy(subset, png_d
     test_x, test_y = to_model_input(subset.test.images), subset.test.labels
     torch.manual_seed(0)
     model = build_model("lenet")
-    optimizer = make_optimizer(model.parameters(), "sgd", LR, 0.9)
+    optimizer = make_optimizer(model, "sgd", LR, 0.9)
     train_one_epoch(model, optimizer, x, y, 64, torch.Generator().manual_seed(0))
     _, fast_acc = evaluate(model, test_x, test_y, 1000)
 
@@ -132,7 +132,7 @@ def test_same_seed_gives_identical_metrics(subset):
     def run():
         torch.manual_seed(0)
         model = build_model("lenet")
-        history = fit(model, make_optimizer(model.parameters(), "sgd", 0.01, 0.9), data, 2, 64, 1000,
+        history = fit(model, make_optimizer(model, "sgd", 0.01, 0.9), data, 2, 64, 1000,
                       torch.Generator().manual_seed(0), hflip_p=0.5)
         return [{k: v for k, v in m.as_dict().items() if k != "epoch_seconds"} for m in history]
 
@@ -146,7 +146,7 @@ def test_fit_on_cuda_matches_the_reference_forward(subset):
                       to_model_input(subset.test.images[:500], device), subset.test.labels[:500].to(device))
     torch.manual_seed(0)
     model = build_model("lenet").to(device)
-    history = fit(model, make_optimizer(model.parameters(), "sgd", LR, 0.9), data, 1, 64, 1000,
+    history = fit(model, make_optimizer(model, "sgd", LR, 0.9), data, 1, 64, 1000,
                   torch.Generator().manual_seed(0), hflip_p=0.5)
     assert torch.isfinite(torch.tensor(history[-1].train_loss))
     # cuDNN would otherwise run both convolutions in TF32, rounding them differently.
