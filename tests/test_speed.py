@@ -97,9 +97,10 @@ def test_batch_norm_by_phases_keeps_the_reference_statistics(subset):
     torch.testing.assert_close(fast(x), reference.reference_forward(x), rtol=1e-5, atol=1e-5)
 
 
-def test_max_pool_ties_go_where_max_pool2d_sends_them():
+@pytest.mark.parametrize("batchnorm", [False, True], ids=["channels-last", "by-phases"])
+def test_max_pool_ties_go_where_max_pool2d_sends_them(batchnorm):
     torch.manual_seed(0)
-    model = build_model("lenet")
+    model = build_model("lenet", batchnorm=batchnorm)
     # Constant images: every pooling window is a four-way tie.
     x = torch.full((8, 1, 28, 28), -0.4242)
     x[:, :, 10:14, 12:15] = 2.0
