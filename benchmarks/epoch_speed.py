@@ -82,14 +82,17 @@ def time_epochs(model: str, pipelines: dict[str, tuple[Epoch, Epoch]], epochs: i
 
     Each round runs one epoch of every pipeline in turn, so a slow spell of the
     machine (other tenants, frequency changes) falls on all of them alike
-    instead of on whichever pipeline happened to run then.
+    instead of on whichever pipeline happened to run then; every other round
+    runs them in reverse order, so a steady drift cancels out too.
     """
     for train, test in pipelines.values():
         train(), test()
     times = {name: ([], []) for name in pipelines}
     last = {}
-    for _ in range(epochs):
-        for name, (train, test) in pipelines.items():
+    for round_index in range(epochs):
+        order = list(pipelines) if round_index % 2 == 0 else list(pipelines)[::-1]
+        for name in order:
+            train, test = pipelines[name]
             started = time.perf_counter()
             train_loss, train_acc = train()
             trained = time.perf_counter()
