@@ -99,11 +99,12 @@ class LeNet5(nn.Module):
         conv1 and conv2 with their pooling run channels-last: the CPU ``max_pool2d``
         kernel is about 10x faster there than on NCHW, and the convolutions cost
         the same. Where that is slower for conv1 (evaluation at large batches,
-        and batch norm, whose channels-last kernel is slow on 6 channels), conv1 (+
-        batch norm) + Swish + pool runs by pooling phases instead. conv3 covers its
-        whole 4x4 input, so it runs as the matrix product it amounts to.
+        batch norm, whose channels-last kernel is slow on 6 channels) and on a GPU
+        (measured with phases), conv1 (+ batch norm) + Swish + pool runs by
+        pooling phases instead. conv3 covers its whole 4x4 input, so it runs as
+        the matrix product it amounts to.
         """
-        if self.training and isinstance(self.conv1_bn, nn.Identity):
+        if self.training and x.device.type == "cpu" and isinstance(self.conv1_bn, nn.Identity):
             n, _, h, w = x.shape
             # One channel: the same memory, but channels-last strides, which make
             # oneDNN produce a channels-last map for the pooling.
