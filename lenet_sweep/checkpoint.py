@@ -47,9 +47,27 @@ def load_checkpoint(
     """Restore ``model``, ``optimizer`` and the RNGs in place; return (last epoch, metric history)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    optimizer.load_state_dict(_matching_optimizer_state(state["optimizer"], optimizer))
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state["epoch"], state["history"]
+
+
+def _matching_optimizer_state(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``saved`` in ``optimizer``'s layout: a checkpoint from before packed parameters
+    (``train.pack_parameters``) holds one state per parameter, which is concatenated, in
+    parameter order, into the one state of an optimizer over the packed parameter."""
+    saved_params = [i for group in saved["param_groups"] for i in group["params"]]
+    packed = [p for group in optimizer.param_groups for p in group["params"]]
+    if len(saved_params) == len(packed) or len(packed) != 1 or len(saved["param_groups"]) != 1:
+        return saved
+    per_param = [saved["state"].get(i, {}) for i in saved_params]
+    state: dict[str, Any] = {}
+    for key, first in per_param[0].items():
+        if torch.is_tensor(first) and first.dim() > 0:  # momentum or moment buffers, in parameter order
+            state[key] = torch.cat([entry[key].flatten() for entry in per_param])
+        else:  # a step count, the same for every parameter
+            state[key] = first
+    return {"state": {0: state} if state else {}, "param_groups": [{**saved["param_groups"][0], "params": [0]}]}
