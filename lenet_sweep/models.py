@@ -96,13 +96,14 @@ class LeNet5(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of ``x`` [N, 1, 28, 28]; the same function as ``reference_forward``, faster.
 
-        conv1 and conv2 with their pooling run channels-last: the CPU ``max_pool2d``
-        kernel is about 10x faster there than on NCHW, and the convolutions cost
-        the same. Where that is slower for conv1 (evaluation at large batches,
-        batch norm, whose channels-last kernel is slow on 6 channels) and on a GPU
-        (measured with phases), conv1 (+ batch norm) + Swish + pool runs by
-        pooling phases instead. conv3 covers its whole 4x4 input, so it runs as
-        the matrix product it amounts to.
+        conv2 and its pooling run channels-last: the CPU ``max_pool2d`` kernel is
+        about 10x faster there than on NCHW, and the convolution costs the same.
+        conv1 does too when training on the CPU without batch norm, where the
+        faster pooling outweighs its slower channels-last convolution (3 % per
+        epoch). Elsewhere (evaluation at large batches; batch norm, whose
+        channels-last kernel is slow on 6 channels; a GPU, measured this way)
+        conv1 (+ batch norm) + Swish + pool runs by pooling phases. conv3 covers
+        its whole 4x4 input, so it runs as the matrix product it amounts to.
         """
         if self.training and x.device.type == "cpu" and isinstance(self.conv1_bn, nn.Identity):
             n, _, h, w = x.shape
