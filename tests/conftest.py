@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from lenet_sweep.services import free_port, start_mlflow_server, stop_process_group
@@ -104,3 +105,15 @@ def mlflow_server(tmp_path_factory):
         yield uri
     finally:
         stop_process_group(process)
+
+
+def train_steps(model, optimizer, x, y, steps: int) -> list[float]:
+    """``steps`` optimizer steps on the fixed batch ``x``/``y``, as the training loop takes them; the losses."""
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=False)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -1,16 +1,9 @@
 import torch
-from torch import nn
+from conftest import train_steps
 
 from lenet_sweep.checkpoint import load_checkpoint, save_checkpoint
 from lenet_sweep.models import build_model
 from lenet_sweep.train import make_optimizer
-
-
-def train_steps(model, optimizer, x, y, steps):
-    for _ in range(steps):
-        optimizer.zero_grad(set_to_none=False)
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
 
 
 def test_a_checkpoint_from_before_packed_parameters_resumes_with_its_momentum(tmp_path):

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import DATA
+from conftest import DATA, train_steps
 from torch import nn
 
 from lenet_sweep.data import load_mnist, to_model_input
@@ -69,11 +69,8 @@ def test_packed_parameters_train_like_separate_ones():
     separate_optimizer = torch.optim.SGD(separate.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-3, fused=True)
     initial = {k: v.clone() for k, v in separate.state_dict().items()}
     x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
-    for _ in range(3):
-        for model, optimizer in ((packed, packed_optimizer), (separate, separate_optimizer)):
-            optimizer.zero_grad(set_to_none=False)
-            nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
+    train_steps(packed, packed_optimizer, x, y, 3)
+    train_steps(separate, separate_optimizer, x, y, 3)
     assert [n for n, _ in packed.named_parameters()] == names
     packed_state, separate_state = packed.state_dict(), separate.state_dict()
     # The same updates; kernels may round differently on the packed buffer's alignment.
@@ -88,13 +85,7 @@ def test_adam_trains_packed_parameters():
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = make_optimizer(model, "adam", 0.001)
     x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
-    losses = []
-    for _ in range(5):
-        optimizer.zero_grad(set_to_none=False)
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(model, optimizer, x, y, 5)
     assert losses[-1] < losses[0]
     for key, value in model.state_dict().items():
         assert not torch.equal(value, initial[key]), key
