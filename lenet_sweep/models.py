@@ -5,9 +5,10 @@ is the same switch for both networks: ``batchnorm`` puts BatchNorm after every
 hidden conv/linear layer, before its activation; ``dropout`` > 0 puts
 Dropout(p) after the activation of the last hidden layer.
 
-LeNet-5's forward computes exactly the layers above, but arranged for speed on
-the CPU (see ``LeNet5.forward``); ``reference_forward`` is the plain
-module-by-module version it is tested against.
+LeNet-5's forward computes exactly the layers above, but arranged for speed
+(see ``LeNet5.forward``; on the CPU its first block is a C kernel,
+``fused_conv1``); ``reference_forward`` is the plain module-by-module version
+it is tested against.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lenet_sweep import fused_conv1
 
 
 class _MaxOverPhases(torch.autograd.Function):
@@ -96,16 +99,18 @@ class LeNet5(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of ``x`` [N, 1, 28, 28]; the same function as ``reference_forward``, faster.
 
-        conv2 and its pooling run channels-last: the CPU ``max_pool2d`` kernel is
-        about 10x faster there than on NCHW, and the convolution costs the same.
-        conv1 does too when training on the CPU without batch norm, where the
-        faster pooling outweighs its slower channels-last convolution (3 % per
-        epoch). Elsewhere (evaluation at large batches; batch norm, whose
-        channels-last kernel is slow on 6 channels; a GPU, measured this way)
-        conv1 (+ batch norm) + Swish + pool runs by pooling phases. conv3 covers
-        its whole 4x4 input, so it runs as the matrix product it amounts to.
+        On the CPU without batch norm, conv1 + Swish + pool is one C kernel
+        (``fused_conv1``), which keeps the 24x24 map out of memory. Where that
+        does not apply: CPU training without batch norm runs conv1 on
+        channels-last strides, where ``max_pool2d``'s CPU kernel is about 10x
+        faster than on NCHW; elsewhere (evaluation, batch norm, a GPU) conv1
+        (+ batch norm) + Swish + pool runs by pooling phases. conv2 and its
+        pooling run channels-last. conv3 covers its whole 4x4 input, so it runs
+        as the matrix product it amounts to.
         """
-        if self.training and x.device.type == "cpu" and isinstance(self.conv1_bn, nn.Identity):
+        if isinstance(self.conv1_bn, nn.Identity) and fused_conv1.applies(x, self.conv1.weight):
+            x = fused_conv1.Conv1SiluPool.apply(x, self.conv1.weight, self.conv1.bias)
+        elif self.training and x.device.type == "cpu" and isinstance(self.conv1_bn, nn.Identity):
             n, _, h, w = x.shape
             # One channel: the same memory, but channels-last strides, which make
             # oneDNN produce a channels-last map for the pooling.

@@ -97,7 +97,7 @@ def test_batch_norm_by_phases_keeps_the_reference_statistics(subset):
     torch.testing.assert_close(fast(x), reference.reference_forward(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("batchnorm", [False, True], ids=["channels-last", "by-phases"])
+@pytest.mark.parametrize("batchnorm", [False, True], ids=["fused-kernel", "by-phases"])
 def test_max_pool_ties_go_where_max_pool2d_sends_them(batchnorm):
     torch.manual_seed(0)
     model = build_model("lenet", batchnorm=batchnorm)
