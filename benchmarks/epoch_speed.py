@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import reference_pipelines as ref  # noqa: E402
-from lenet_sweep import fused_conv1  # noqa: E402
+from lenet_sweep import fused_blocks  # noqa: E402
 from lenet_sweep.data import balanced_subset, load_mnist, to_model_input  # noqa: E402
 from lenet_sweep.models import build_model  # noqa: E402
 from lenet_sweep.train import evaluate, graphed_step, make_optimizer, train_one_epoch  # noqa: E402
@@ -225,8 +225,8 @@ def main(argv=None) -> dict:
     n_train, n_test = len(mnist.train), len(mnist.test)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_model()}, device {args.device}, "
           f"{n_train:,} train / {n_test:,} test, {args.epochs} timed epochs after 1 warm-up", flush=True)
-    conv1_block = "fused C kernel" if args.device == "cpu" and fused_conv1.kernel() else "PyTorch operators"
-    print(f"(b) runs LeNet-5's conv1 + Swish + pool on: {conv1_block}", flush=True)
+    conv_blocks = "fused C kernels" if args.device == "cpu" and fused_blocks.kernel() else "PyTorch operators"
+    print(f"(b) runs LeNet-5's conv + Swish + pool blocks on: {conv_blocks}", flush=True)
 
     results = []
     for model in args.models:
@@ -264,7 +264,7 @@ def main(argv=None) -> dict:
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "torch": torch.__version__, "torchvision": torchvision.__version__, "python": sys.version.split()[0],
         "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
-        "device": args.device, "conv1_block": conv1_block, "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "device": args.device, "conv_blocks": conv_blocks, "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "epochs_timed": args.epochs, "warmup_epochs": 1, "train_samples": n_train, "test_samples": n_test,
         "hyperparameters": {"batch_size": BATCH, "lr": LR, "momentum": MOMENTUM, "eval_batch_size_b": EVAL_BATCH,
                             "eval_batch_size_reference": ref.BATCH_SIZE},

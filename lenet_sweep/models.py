@@ -6,8 +6,8 @@ hidden conv/linear layer, before its activation; ``dropout`` > 0 puts
 Dropout(p) after the activation of the last hidden layer.
 
 LeNet-5's forward computes exactly the layers above, but arranged for speed
-(see ``LeNet5.forward``; on the CPU its first block is a C kernel,
-``fused_conv1``); ``reference_forward`` is the plain module-by-module version
+(see ``LeNet5.forward``; on the CPU its two conv blocks are C kernels,
+``fused_blocks``); ``reference_forward`` is the plain module-by-module version
 it is tested against.
 """
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet_sweep import fused_conv1
+from lenet_sweep import fused_blocks
 
 
 class _MaxOverPhases(torch.autograd.Function):
@@ -99,18 +99,29 @@ class LeNet5(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of ``x`` [N, 1, 28, 28]; the same function as ``reference_forward``, faster.
 
-        On the CPU without batch norm, conv1 + Swish + pool is one C kernel
-        (``fused_conv1``), which keeps the 24x24 map out of memory. Where that
-        does not apply: CPU training without batch norm runs conv1 on
-        channels-last strides, where ``max_pool2d``'s CPU kernel is about 10x
-        faster than on NCHW; elsewhere (evaluation, batch norm, a GPU) conv1
-        (+ batch norm) + Swish + pool runs by pooling phases. conv2 and its
-        pooling run channels-last. conv3 covers its whole 4x4 input, so it runs
-        as the matrix product it amounts to.
+        On the CPU without batch norm, each conv + Swish + pool block is one C
+        kernel (``fused_blocks``), which keeps the convolutions' maps out of
+        memory. Where that does not apply: CPU training without batch norm runs
+        conv1 on channels-last strides, where ``max_pool2d``'s CPU kernel is
+        about 10x faster than on NCHW; elsewhere (evaluation, batch norm, a GPU)
+        conv1 (+ batch norm) + Swish + pool runs by pooling phases; conv2 and
+        its pooling run channels-last. conv3 covers its whole 4x4 input, so it
+        runs as the matrix product it amounts to.
         """
-        if isinstance(self.conv1_bn, nn.Identity) and fused_conv1.applies(x, self.conv1.weight):
-            x = fused_conv1.Conv1SiluPool.apply(x, self.conv1.weight, self.conv1.bias)
-        elif self.training and x.device.type == "cpu" and isinstance(self.conv1_bn, nn.Identity):
+        if isinstance(self.conv1_bn, nn.Identity) and fused_blocks.applies(x, self.conv1.weight):
+            x = fused_blocks.Conv1SiluPool.apply(x, self.conv1.weight, self.conv1.bias)
+            x = fused_blocks.Conv2SiluPool.apply(x, self.conv2.weight, self.conv2.bias)
+        else:
+            x = self._conv_blocks(x)
+        x = F.linear(x.flatten(1), self.conv3.weight.flatten(1), self.conv3.bias)
+        x = self.act(self.conv3_bn(x.view(-1, self.conv3.out_channels, 1, 1))).flatten(1)
+        x = self.dropout(self.act(self.fc1_bn(self.fc1(x))))
+        # The writeup applies Swish to the logits too.
+        return self.act(self.fc2(x))
+
+    def _conv_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The two conv blocks through PyTorch's operators, arranged as ``forward`` describes."""
+        if self.training and x.device.type == "cpu" and isinstance(self.conv1_bn, nn.Identity):
             n, _, h, w = x.shape
             # One channel: the same memory, but channels-last strides, which make
             # oneDNN produce a channels-last map for the pooling.
@@ -118,12 +129,7 @@ class LeNet5(nn.Module):
         else:
             x = conv_act_pool_by_phases(x, self.conv1, self.act, self.conv1_bn)
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.pool(self.act(self.conv2_bn(self.conv2(x))))
-        x = F.linear(x.flatten(1), self.conv3.weight.flatten(1), self.conv3.bias)
-        x = self.act(self.conv3_bn(x.view(-1, self.conv3.out_channels, 1, 1))).flatten(1)
-        x = self.dropout(self.act(self.fc1_bn(self.fc1(x))))
-        # The writeup applies Swish to the logits too.
-        return self.act(self.fc2(x))
+        return self.pool(self.act(self.conv2_bn(self.conv2(x))))
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The writeup's forward, layer by layer through the modules; ``forward`` must match it."""
