@@ -53,7 +53,7 @@ def _processor() -> str:
 
 
 def _build(compiler: str) -> Path:
-    """The compiled kernel's path, compiling it once per source, compiler and processor."""
+    """The compiled kernels' library, built once per source, compiler and processor."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     texts = [path.read_text() for path in SOURCES + HEADERS]
     key = hashlib.sha256("\0".join([*texts, compiler, version, _processor(), *FLAGS]).encode())
