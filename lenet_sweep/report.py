@@ -8,7 +8,8 @@ adds per-layer parameter tables and a findings paragraph. The markdown table als
 goes to stdout. Input problems (store, experiment, no matching runs, a bad option)
 print one ``error:`` line on stderr and exit 2.
 
-This module gathers and aggregates; ``figures`` renders (matplotlib is imported only there).
+This module gathers, aggregates, judges (Welch's test) and writes the tables and the page;
+``figures`` only draws.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from scipy.stats import ttest_ind_from_stats
 
-from lenet_sweep import tracking
+from lenet_sweep import figures, tracking
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 ALL_METRICS = METRICS + ("epoch_seconds",)
@@ -196,16 +198,139 @@ def aggregate(frame: pd.DataFrame, hist: pd.DataFrame, group_by: list[str], epoc
     return table.reset_index(drop=True), curves
 
 
-def welch_test(diff: float, sa: float, na: int, sb: float, nb: int) -> tuple[float, float, Optional[float]]:
-    """Welch's two-sample t-test of a difference of means: ``(t, df, two-sided p)``; p is None without SciPy."""
-    se = math.sqrt(sa**2 / na + sb**2 / nb)
-    t = diff / se
-    df = se**4 / ((sa**2 / na) ** 2 / (na - 1) + (sb**2 / nb) ** 2 / (nb - 1))
-    try:
-        from scipy.special import stdtr  # Student's t CDF; SciPy comes with MLflow
-    except ImportError:
-        return t, df, None
-    return t, df, 2 * float(stdtr(df, -abs(t)))
+# --- the tables and findings ----------------------------------------------------------
+
+DIGITS = {"train_loss": 4, "train_acc": 2, "test_loss": 4, "test_acc": 2}
+NOTES = [
+    "- Cells are the mean ± sample standard deviation (ddof = 1) over a configuration's seeds; a plain number "
+    "is a single seed. `seeds` counts the runs averaged. Rows are sorted by test_acc, best first.",
+    "- best test_acc (epoch): the maximum of the seed-averaged test-accuracy curve and the epoch where it "
+    "occurs; chosen on the test set, so optimistic.",
+    "- s/epoch: mean wall-clock seconds per epoch (training and test evaluation) over all epochs and seeds.",
+    "- Findings: the leader and the runner-up are compared by a Welch two-sample t-test on their per-seed "
+    "test accuracies at the table's epoch; the lead counts as larger than the seed-to-seed spread when p < 0.05.",
+    "- Data: [table.csv](table.csv) (separate mean and std columns), [table.md](table.md).",
+]
+
+
+def mean_std(mean: float, std: float = float("nan"), digits: int = 2) -> str:
+    """``98.91 ± 0.05``; the plain mean when ``std`` is NaN (one seed); ``—`` when nothing was logged."""
+    if mean != mean:
+        return "—"
+    return f"{mean:.{digits}f}" if std != std else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(table, group_by: Sequence[str], show_failed: bool) -> str:
+    """The report table (one row per configuration, as ``aggregate`` makes it) as GitHub markdown."""
+    show_epoch = bool(table["epochs_differ"].any() or table["epoch"].nunique() > 1)
+    header = [*group_by, "n_params", "seeds", *(["failed"] if show_failed else []), *(["epoch"] if show_epoch else []),
+              *DIGITS, "best test_acc (epoch)", "s/epoch"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in table.iterrows():
+        n = r["n_params"]
+        cells = [str(r[k]).replace("|", "\\|") for k in group_by]
+        cells += [f"{n:,}" if isinstance(n, int) else str(n), str(r["seeds"])]
+        cells += [str(r["failed"])] if show_failed else []
+        cells += ["—" if pd.isna(r["epoch"]) else f"{r['epoch']}{'*' if r['epochs_differ'] else ''}"] if show_epoch else []
+        cells += [mean_std(r[f"{k}_mean"], r[f"{k}_std"], d) for k, d in DIGITS.items()]
+        best = r["best_epoch"]
+        cells += ["—" if pd.isna(best) else f"{r['best_test_acc']:.2f} ({best})", mean_std(r["epoch_seconds_mean"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def findings(table, at: str) -> str:
+    """Which configuration leads on test accuracy and whether its lead beats the seed-to-seed spread.
+
+    The rule: with two or more seeds on both sides, a Welch two-sample t-test on the per-seed
+    test accuracies at the table's epoch; the lead counts as larger than the spread when
+    p < 0.05. With a single seed on either side no spread can be judged.
+    """
+    rows = table.dropna(subset=["test_acc_mean"])
+    if rows.empty:
+        return "No selected run logged a test accuracy."
+    a = rows.iloc[0]
+    acc = {r["label"]: mean_std(r["test_acc_mean"], r["test_acc_std"]) for _, r in rows.iterrows()}
+    if len(rows) == 1:
+        return f"Only one configuration (**{a['label']}**, test accuracy {acc[a['label']]} % at {at}); nothing to compare."
+    b = rows.iloc[1]
+    diff = a["test_acc_mean"] - b["test_acc_mean"]
+    text = (f"**{a['label']}** has the highest test accuracy at {at}: {acc[a['label']]} %, {diff:.2f} points ahead of "
+            f"the runner-up **{b['label']}** ({acc[b['label']]} %).")
+    (na, sa), (nb, sb) = (a["test_acc_n"], a["test_acc_std"]), (b["test_acc_n"], b["test_acc_std"])
+    if min(na, nb) < 2:
+        single = [r["label"] for r in (a, b) if r["test_acc_n"] < 2]
+        text += (f" {' and '.join(single)} {'has' if len(single) == 1 else 'have'} only one seed, so no seed-to-seed "
+                 "spread can be judged: the ranking rests on single runs and may not hold for other seeds.")
+    else:
+        detail = f"seed-to-seed std {sa:.2f} and {sb:.2f} points over {na} and {nb} seeds"
+        if sa == 0 and sb == 0:
+            clear = diff > 0
+        else:
+            t, p = ttest_ind_from_stats(a["test_acc_mean"], sa, na, b["test_acc_mean"], sb, nb, equal_var=False)
+            clear = p < 0.05
+            detail += f"; Welch t = {t:.2f}, two-sided p = {p:.3f}"
+        if clear:
+            text += f" The lead is larger than the seed-to-seed spread ({detail})."
+        else:
+            smaller = " it is smaller than one seed-to-seed standard deviation, and" if diff < max(sa, sb) else ""
+            text += (f" The lead is **not** larger than the seed-to-seed spread ({detail}):{smaller} with these seeds "
+                     "the two configurations cannot be told apart.")
+    top = rows.loc[rows["best_test_acc"].idxmax()]
+    if top["label"] != a["label"]:
+        text += (f" Taking each configuration's best epoch instead (chosen on the test set, so optimistic), "
+                 f"**{top['label']}** leads with {top['best_test_acc']:.2f} % at epoch {top['best_epoch']}.")
+    return text
+
+
+def parameter_tables(frame) -> str:
+    """Markdown per-layer parameter tables of every distinct model among the runs.
+
+    ``frame`` holds one row per run with its params as columns; each model is rebuilt with
+    ``models.build_model`` from ``model.arch`` and ``model.regularization.*``.
+    """
+    from lenet_sweep.models import build_model, count_parameters, parameter_table
+
+    keys = ["model.arch", "model.regularization.dropout", "model.regularization.batchnorm"]
+    if any(k not in frame for k in keys):
+        return "(the runs do not record model.arch and model.regularization.*)"
+    blocks = []
+    for (arch, dropout, batchnorm), members in frame.groupby(keys):
+        try:
+            model = build_model(arch, float(dropout), batchnorm == "True")
+        except ValueError as error:
+            blocks.append(f"{arch}: {error}")
+            continue
+        names = ", ".join(sorted(members["model.name"].unique())) if "model.name" in members else arch
+        desc = arch + (f", dropout {dropout}" if float(dropout) > 0 else "") + (", batch norm" if batchnorm == "True" else "")
+        lines = [f"**{names}** ({desc})", "", "| layer | parameters |", "|---|---:|"]
+        lines += [f"| {name} | {n:,} |" for name, n in parameter_table(model)]
+        total = count_parameters(model)
+        lines.append(f"| **total** | **{total:,}** |")
+        logged = {int(float(v)) for v in members["n_params"].dropna()} if "n_params" in members else set()
+        if logged and logged != {total}:
+            lines.append(f"\nThe runs logged n_params = {', '.join(map(str, sorted(logged)))}: the code changed since.")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def write_tables_and_page(out_dir: Path, table, table_md: str, summary: str, findings_text: str,
+                          figure_files: Mapping[str, str], frame) -> list[Path]:
+    """``table.csv`` (mean and std columns), ``table.md`` and ``report.md``; returns their paths.
+
+    ``report.md``: the summary line, the table and its notes, the findings, the figures, the parameters.
+    """
+    csv = table.drop(columns=["epochs_differ", "test_acc_n"]).assign(figure=table["label"].map(figure_files))
+    csv.to_csv(out_dir / "table.csv", index=False)
+    (out_dir / "table.md").write_text(table_md + "\n")
+    page = ["# lenet_sweep report", "", summary, "", "## Results", "", table_md, "", *NOTES, "",
+            "## Findings", "", findings_text, "",
+            "## Learning curves", "", "![test accuracy of every configuration](overview_test_acc.png)", ""]
+    for label, name in figure_files.items():
+        page += [f"### {label}", "", f"![{label}: loss and accuracy against epoch]({name})", ""]
+    page += ["## Parameters per layer", "", parameter_tables(frame), ""]
+    (out_dir / "report.md").write_text("\n".join(page))
+    return [out_dir / name for name in ("table.csv", "table.md", "report.md")]
 
 
 # --- the report ------------------------------------------------------------------------
@@ -220,8 +345,6 @@ def build_report(client, experiment_id: str, out_dir: Path, *, filter_string: Op
     (``default_group_by``); ``epoch=None`` takes each run's last logged epoch.
     Raises ``ReportError`` when there is nothing to report.
     """
-    from lenet_sweep import figures  # matplotlib, and torch for the parameter tables, only from here on
-
     runs, left_out = select_runs(client, experiment_id, filter_string, include_failed)
     frame = pd.DataFrame([r.data.params for r in runs], index=[r.info.run_id for r in runs]).fillna("(unset)")
     frame.index.name = "run_id"
@@ -244,7 +367,7 @@ def build_report(client, experiment_id: str, out_dir: Path, *, filter_string: Op
         at = f"the last epoch ({epochs.iloc[0]})"
     else:
         at = "each run's last logged epoch (* where a configuration's runs differ)"
-    text, table_md = figures.findings(table, at), figures.markdown_table(table, keys, include_failed)
+    text, table_md = findings(table, at), markdown_table(table, keys, include_failed)
     where = f" matching `{filter_string}`" if filter_string else ""
     failed = int(table["failed"].sum())
     statuses = f"runs ({len(runs) - failed} FINISHED, {failed} FAILED/KILLED)" if include_failed else "FINISHED runs"
@@ -255,7 +378,7 @@ def build_report(client, experiment_id: str, out_dir: Path, *, filter_string: Op
     out_dir = Path(out_dir)
     written = figures.write_figures(out_dir, list(zip(table["label"], table["seeds"])), curves)
     files = [out_dir / name for name in [*written.values(), "overview_test_acc.png"]]
-    files += figures.write_tables_and_page(out_dir, table, table_md, summary, text, written, frame)
+    files += write_tables_and_page(out_dir, table, table_md, summary, text, written, frame)
     return Report(table, keys, table_md, text, out_dir, files, mixed)
 
 
