@@ -18,6 +18,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
+import hydra
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -60,6 +63,35 @@ def format_summary(results: list[dict[str, Any]]) -> str:
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
+class HydraInternalsChanged(HydraException):
+    """The part of Hydra's private API that ``sweep_job_overrides`` uses is not what hydra-core 1.3 had."""
+
+
+def sweep_job_overrides(config: DictConfig) -> Optional[list[list[str]]]:
+    """The overrides of every job of the sweep, in launch order (job 0 first), as Hydra's basic sweeper
+    will launch them; ``None`` under another sweeper, which chooses its jobs as it goes.
+
+    ``config`` is the sweep's config with its ``hydra`` node (as a multirun callback receives it). The
+    only use of Hydra's private API in the project: the basic sweeper's ``split_arguments``, which has
+    no public equivalent. When a Hydra release changes it, ``HydraInternalsChanged`` names that release.
+    """
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    overrides = parser.parse_overrides(params + list(config.hydra.overrides.task))
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+        (jobs,) = BasicSweeper.split_arguments(overrides, None)  # None: one batch holding every job
+        return [list(job) for job in jobs]
+    except (ImportError, AttributeError, TypeError, ValueError) as error:
+        raise HydraInternalsChanged(
+            f"Hydra {hydra.__version__}: hydra._internal's BasicSweeper.split_arguments is not what hydra-core 1.3 "
+            f"had ({type(error).__name__}: {error}); lenet_sweep.sweep.sweep_job_overrides needs updating"
+        ) from error
+
+
 def check_every_job(config: DictConfig) -> None:
     """Compose and check each job of the sweep as the launcher will, before any job starts.
 
@@ -68,21 +100,15 @@ def check_every_job(config: DictConfig) -> None:
     converts its config, that is after the jobs before it have trained. Raises
     ``ConfigError`` (or Hydra's composition error) naming the key.
     """
-    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+    jobs = sweep_job_overrides(config)
+    if jobs is None:
         return  # another sweeper chooses its jobs as it goes
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     loader = GlobalHydra.instance().config_loader()
-    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
-    overrides = OverridesParser.create(config_loader=loader).parse_overrides(params + list(config.hydra.overrides.task))
-    for batch in BasicSweeper.split_arguments(overrides, None):
-        for job_overrides in batch:
-            job = loader.load_sweep_config(config, list(job_overrides))
-            values = {key: value for key, value in OmegaConf.to_container(job).items() if key != "hydra"}
-            check_known_keys(values)
-            OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), values))
+    for job_overrides in jobs:
+        job = loader.load_sweep_config(config, job_overrides)
+        values = {key: value for key, value in OmegaConf.to_container(job).items() if key != "hydra"}
+        check_known_keys(values)
+        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), values))
 
 
 class SweepCallback(Callback):

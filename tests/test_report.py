@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA, REPO, cli_env, run_cli, runs_of, store_uri
+from conftest import DATA, cli_env, run_cli, runs_of, store_uri
 
 TINY = ["train.epochs=2", "data.train_limit=200", "data.test_limit=100"]
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -225,31 +225,3 @@ def test_default_group_by_drops_seed_bookkeeping_and_redundant_keys():
     frame.loc[(frame["model.name"] == "mlp") & (frame["seed"] == "2"), "model.regularization.name"] = "dropout"
     assert default_group_by(frame) == ["model.name", "aug.name", "model.regularization.name"]
 
-
-def test_writeup_preset_expands_to_the_four_experiments_times_three_seeds():
-    """What the basic sweeper launches for ``-m +experiment=writeup``, each job composed as Hydra would."""
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
-    from lenet_sweep.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
-        params = compose("config", ["+experiment=writeup"], return_hydra_config=True).hydra.sweeper.params
-        arguments = [f"{k}={v}" for k, v in params.items()] + ["+experiment=writeup"]
-        (jobs,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
-        combos = []
-        for overrides in jobs:
-            cfg = OmegaConf.to_object(compose("config", overrides))
-            reg = cfg.model.regularization
-            combos.append((cfg.model.name, cfg.model.arch, reg.name, reg.dropout, reg.batchnorm, cfg.aug.name,
-                           cfg.aug.hflip_p, cfg.seed, cfg.train.epochs, cfg.optimizer.name))
-        # A regularization chosen on the command line still wins over the lenet_reg preset inside a study.
-        overridden = compose("config", ["+experiment=writeup", "+study=lenet_reg", "regularization=none"])
-        assert (overridden.model.name, overridden.model.regularization.name) == ("lenet_reg", "none")
-    studies = [("lenet", "lenet", "none", 0.0, False, "none", 0.0), ("mlp", "mlp", "none", 0.0, False, "none", 0.0),
-               ("lenet_reg", "lenet", "dropout_bn", 0.2, True, "none", 0.0),
-               ("lenet", "lenet", "none", 0.0, False, "flip", 0.5)]
-    assert combos == [(*s, seed, 15, "sgd") for s in studies for seed in (0, 1, 2)]

@@ -1,0 +1,58 @@
+"""What a sweep will launch: ``sweep.sweep_job_overrides`` (the project's one use of Hydra's private API) and
+the presets it expands, each job composed as Hydra composes it."""
+
+from __future__ import annotations
+
+import hydra
+from conftest import REPO
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from lenet_sweep.config import register_configs
+from lenet_sweep.sweep import sweep_job_overrides
+
+WRITEUP_STUDIES = [
+    ("lenet", "lenet", "none", 0.0, False, "none", 0.0),
+    ("mlp", "mlp", "none", 0.0, False, "none", 0.0),
+    ("lenet_reg", "lenet", "dropout_bn", 0.2, True, "none", 0.0),
+    ("lenet", "lenet", "none", 0.0, False, "flip", 0.5),
+]
+
+
+def sweep_config(*overrides: str, task=None):
+    """The sweep's config as the multirun callback receives it; ``task`` replaces the command-line overrides."""
+    config = compose("config", list(overrides), return_hydra_config=True)
+    if task is not None:
+        config.hydra.overrides.task = task
+    return config
+
+
+def test_sweep_job_overrides_lists_every_job_in_launch_order():
+    """Fails with HydraInternalsChanged, naming the Hydra release, when Hydra's basic sweeper changes."""
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        grid = sweep_config(task=["model=lenet,mlp", "seed=0,1", "train.epochs=1"])
+        jobs = sweep_job_overrides(grid)
+        other_sweeper = sweep_config()
+        other_sweeper.hydra.sweeper._target_ = "hydra_plugins.some_sweeper.SomeSweeper"
+        assert sweep_job_overrides(other_sweeper) is None
+    assert jobs == [[f"model={m}", f"seed={s}", "train.epochs=1"] for m in ("lenet", "mlp") for s in (0, 1)], (
+        f"Hydra {hydra.__version__}"
+    )
+
+
+def test_writeup_preset_expands_to_the_four_experiments_times_three_seeds():
+    """What the basic sweeper launches for ``-m +experiment=writeup``, each job composed as Hydra would."""
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        jobs = sweep_job_overrides(sweep_config("+experiment=writeup"))
+        combos = []
+        for overrides in jobs:
+            cfg = OmegaConf.to_object(compose("config", overrides))
+            reg = cfg.model.regularization
+            combos.append((cfg.model.name, cfg.model.arch, reg.name, reg.dropout, reg.batchnorm, cfg.aug.name,
+                           cfg.aug.hflip_p, cfg.seed, cfg.train.epochs, cfg.optimizer.name))
+        # A regularization chosen on the command line still wins over the lenet_reg preset inside a study.
+        overridden = compose("config", ["+experiment=writeup", "+study=lenet_reg", "regularization=none"])
+        assert (overridden.model.name, overridden.model.regularization.name) == ("lenet_reg", "none")
+    assert combos == [(*s, seed, 15, "sgd") for s in WRITEUP_STUDIES for seed in (0, 1, 2)]
