@@ -16,7 +16,6 @@ from typing import Any, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 
-MODEL_NAMES = ("lenet", "mlp", "lenet_reg")
 OPTIMIZER_NAMES = ("sgd", "adam")
 DATA_FORMATS = ("idx", "png_dir")
 DEVICES = ("auto", "cpu", "cuda")

@@ -103,11 +103,6 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return path
 
 
-def save_run_curves(history: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path:
-    """``plot_run_curves`` written to ``path`` as PNG."""
-    return save_figure(plot_run_curves(history, title), path)
-
-
 # --- the report's figures -------------------------------------------------------
 
 def figure_names(labels: Sequence[str]) -> dict[str, str]:

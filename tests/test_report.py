@@ -191,7 +191,7 @@ def test_input_problems_exit_2_with_one_line_naming_them(reports, name, expected
 
 def test_the_runner_hooks_report_a_sweep_and_plot_a_run(store, tmp_path):
     """The calls the sweep callback and the job make: build_report for the sweep's runs, plot_run_curves."""
-    from lenet_sweep.figures import plot_run_curves, save_run_curves
+    from lenet_sweep.figures import plot_run_curves
     from lenet_sweep.report import build_report, run_ids_filter
 
     client, every_run = runs_of(store, children_only=False)
@@ -205,7 +205,11 @@ def test_the_runner_hooks_report_a_sweep_and_plot_a_run(store, tmp_path):
     history = [{"epoch": e, "train_loss": 1 / e, "test_loss": 1.2 / e, "train_acc": 90 + e, "test_acc": 89 + e,
                 "epoch_seconds": 1.0} for e in (1, 2, 3)]
     assert len(plot_run_curves(history, "lenet·none·sgd·s0").axes) == 2
-    assert save_run_curves(history, tmp_path / "curves.png", "t").read_bytes().startswith(PNG_SIGNATURE)
+    finished = [r for r in every_run if r.info.status == "FINISHED" and r is not parent]
+    assert len(finished) == 4
+    for run in finished:  # each job logged plot_run_curves' figure as curves.png
+        curves = Path(client.download_artifacts(run.info.run_id, "curves.png", str(tmp_path / run.info.run_id)))
+        assert curves.read_bytes().startswith(PNG_SIGNATURE)
 
 
 def test_default_group_by_drops_seed_bookkeeping_and_redundant_keys():
