@@ -38,7 +38,7 @@ ui: $(STAMP)
 
 ## The README's screenshot (docs/mlflow-compare.png): two runs' test_acc in the MLflow UI; needs chromium.
 ui-screenshot: $(STAMP)
-	$(BIN)/python scripts/ui_screenshot.py --store sqlite:///$(CURDIR)/outputs/mlflow.db
+	$(BIN)/python -m scripts.ui_screenshot --store sqlite:///$(CURDIR)/outputs/mlflow.db
 
 ## A shared tracking server on loopback: jobs log to it with mlflow.tracking_uri=http://127.0.0.1:$(SERVER_PORT).
 mlflow-server: $(STAMP)
@@ -53,7 +53,7 @@ bench: $(STAMP)
 
 ## N tiny parallel jobs against SQLite and against a server: runs and metric points expected vs found.
 stress: $(STAMP)
-	$(BIN)/python benchmarks/stress_tracking.py
+	$(BIN)/python -m benchmarks.stress_tracking
 
 ## A one-node SLURM cluster on loopback (root; installs slurm-wlm and munge when missing).
 slurm-start:

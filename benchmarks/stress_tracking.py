@@ -1,6 +1,6 @@
 """Stress the tracking path: N tiny jobs in parallel, against SQLite and against an MLflow server.
 
-    python benchmarks/stress_tracking.py [--jobs 24] [--parallel 4] [--epochs 3]
+    python -m benchmarks.stress_tracking [--jobs 24] [--parallel 4] [--epochs 3]
 
 Each store gets one joblib sweep of ``--jobs`` tiny runs (seeds 0..N-1, small MNIST
 subsets) run ``--parallel`` at a time through the real CLI. Then it counts what the
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from lenet_sweep.services import free_port, start_mlflow_server, stop_process_group
+from tests.helpers.services import free_port, start_mlflow_server, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds")

@@ -5,8 +5,8 @@ Starts ``mlflow ui`` over a tracking store on a free loopback port, opens the co
 metric for two runs (both curves on one chart, with a latest/min/max table) in headless Chromium,
 saves a PNG, and stops the server by its process group.
 
-    .venv/bin/python scripts/ui_screenshot.py       # ./outputs/mlflow.db, its 2 newest finished runs
-    .venv/bin/python scripts/ui_screenshot.py --store sqlite:////tmp/s/outputs/mlflow.db \
+    .venv/bin/python -m scripts.ui_screenshot       # ./outputs/mlflow.db, its 2 newest finished runs
+    .venv/bin/python -m scripts.ui_screenshot --store sqlite:////tmp/s/outputs/mlflow.db \
         --runs 'lenet·none·sgd·s0' 'mlp·none·sgd·s0' --out docs/mlflow-compare.png
 
 To make a store worth a picture (~1-2 min on 2 cores), in an empty directory with ``data`` linked to the
@@ -26,7 +26,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from lenet_sweep.services import (
+from tests.helpers.services import (
     find_chromium,
     free_port,
     run_chromium,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from lenet_sweep.services import free_port, start_mlflow_server, stop_process_group
+from tests.helpers.services import free_port, start_mlflow_server, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"

@@ -5,7 +5,7 @@ import time
 import pytest
 from conftest import DATA, SMALL, run_cli, runs_of
 
-from lenet_sweep.services import free_port
+from tests.helpers.services import free_port
 
 METRICS = {"train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds"}
 GRID = ["-m", "model=lenet,mlp,lenet_reg", "aug=none,flip"]

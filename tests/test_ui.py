@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from conftest import SMALL, cli_env, run_cli, runs_of, store_uri
 
-from lenet_sweep.services import (
+from tests.helpers.services import (
     find_chromium,
     free_port,
     run_chromium,
