@@ -55,7 +55,7 @@ bench: $(STAMP)
 stress: $(STAMP)
 	$(BIN)/python -m benchmarks.stress_tracking
 
-## A one-node SLURM cluster on loopback (root; installs slurm-wlm and munge when missing).
+## A one-node SLURM cluster on loopback (root; needs the packages slurm-wlm and munge).
 slurm-start:
 	scripts/slurm-local.sh start
 slurm-stop:

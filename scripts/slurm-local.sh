@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One-node SLURM cluster on loopback, for trying the submitit launcher locally.
 #
-#   scripts/slurm-local.sh start    install slurm-wlm + munge if missing, start munged,
-#                                   slurmctld and slurmd, wait until the node is idle
+#   scripts/slurm-local.sh start    start munged, slurmctld and slurmd (packages slurm-wlm and munge,
+#                                   installed beforehand), wait until the node is idle
 #   scripts/slurm-local.sh stop     cancel leftover jobs, stop exactly the daemons `start` started
 #   scripts/slurm-local.sh status   exit 0 if running, 3 if not
 #
@@ -41,23 +41,11 @@ running_count() {
   echo "$n"
 }
 
-install_packages() {
+require_packages() {
   local c missing=()
   for c in munged mungekey slurmctld slurmd sinfo sbatch; do command -v "$c" >/dev/null || missing+=("$c"); done
-  ((${#missing[@]} == 0)) && return 0
-  say "missing ${missing[*]}; installing slurm-wlm and munge with apt-get"
-  if ((EUID != 0)) || ! command -v apt-get >/dev/null; then
-    die "cannot install (need root and apt-get); run: sudo apt-get install -y --no-install-recommends slurm-wlm munge"
-  fi
-  # Keep the packages' postinst from starting system-wide munge/slurm services.
-  local policy=/usr/sbin/policy-rc.d added=0 rc=0
-  if [[ ! -e $policy ]]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 755 "$policy"; added=1; fi
-  local t0=$SECONDS
-  { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null; } || rc=$?
-  ((added)) && rm -f "$policy"
-  ((rc == 0)) || die "apt-get failed (exit $rc)"
-  say "installed in $((SECONDS - t0)) s"
+  ((${#missing[@]} == 0)) || die "missing ${missing[*]}: install the packages slurm-wlm and munge first" \
+    "(apt-get install --no-install-recommends slurm-wlm munge; .ci/run does)"
 }
 
 ensure_hostname_resolves() {
@@ -172,7 +160,7 @@ do_start() {
     return 0
   fi
   ((n == 0)) || { say "only $n of ${#DAEMONS[@]} daemons running; restarting"; do_stop; }
-  install_packages
+  require_packages
   local d
   for d in "${DAEMONS[@]}"; do
     pgrep -x "$d" >/dev/null && die "a $d not started by this script is already running; stop it first"

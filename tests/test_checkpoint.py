@@ -1,8 +1,8 @@
 import torch
-from conftest import train_steps
 
 from lenet_sweep.checkpoint import load_checkpoint, save_checkpoint
 from lenet_sweep.models import build_model
+from tests.helpers.training import train_steps
 from lenet_sweep.train import make_optimizer
 
 

@@ -3,8 +3,8 @@
 import time
 
 import pytest
-from conftest import DATA, SMALL, run_cli, runs_of
 
+from tests.helpers.cli import DATA, SMALL, run_cli, runs_of
 from tests.helpers.services import free_port
 
 METRICS = {"train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds"}

@@ -1,10 +1,10 @@
 import pytest
-from conftest import REPO, run_cli, runs_of
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lenet_sweep.config import Config, ConfigError, register_configs
 from lenet_sweep.job import run_name
+from tests.helpers.cli import REPO, run_cli, runs_of
 
 
 def composed(*overrides: str) -> Config:

@@ -1,11 +1,11 @@
 import pytest
 import torch
-from conftest import REPO
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lenet_sweep.config import register_configs
 from lenet_sweep.models import build_model, count_parameters, parameter_table
+from tests.helpers.cli import REPO
 
 
 def composed_model(*overrides: str) -> torch.nn.Module:

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA, cli_env, run_cli, runs_of, store_uri
+
+from tests.helpers.cli import DATA, cli_env, run_cli, runs_of, store_uri
 
 TINY = ["train.epochs=2", "data.train_limit=200", "data.test_limit=100"]
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")

@@ -7,14 +7,10 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
-from conftest import SMALL, cli_env, run_cli, runs_of
+from tests.helpers.cli import SMALL, cli_env, run_cli, runs_of
+from tests.helpers.runs import METRICS, assert_one_parent_with_children, steps
 
-METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds")
 TWO_EPOCHS = ["train.epochs=2", "data.train_limit=600", "data.test_limit=200"]
-
-
-def steps(client, run_id, key="test_acc"):
-    return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
 def history(client, run_id):
@@ -127,12 +123,3 @@ def test_grid_against_a_tracking_server(workdir, mlflow_server):
         assert run.info.status == "FINISHED" and steps(client, run.info.run_id) == [1, 2]
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model", "hydra"}
     assert not (workdir / "outputs" / "mlflow.db").exists(), "nothing may go to the local store"
-
-
-def assert_one_parent_with_children(every_run, n_children):
-    parents = [r for r in every_run if r.data.tags.get("sweep") == "true"]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert parents[0].data.metrics["jobs_finished"] == n_children
-    children = [r for r in every_run if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(children) == n_children
-    return children

@@ -6,8 +6,8 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-from conftest import cli_env, run_cli
-from test_resilience import METRICS, assert_one_parent_with_children, steps
+from tests.helpers.cli import cli_env, run_cli
+from tests.helpers.runs import METRICS, assert_one_parent_with_children, steps
 
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=local", "hydra.launcher.cpus_per_task=1"]
 

@@ -4,12 +4,12 @@ the presets it expands, each job composed as Hydra composes it."""
 from __future__ import annotations
 
 import hydra
-from conftest import REPO
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lenet_sweep.config import register_configs
 from lenet_sweep.sweep import sweep_job_overrides
+from tests.helpers.cli import REPO
 
 WRITEUP_STUDIES = [
     ("lenet", "lenet", "none", 0.0, False, "none", 0.0),

@@ -1,11 +1,12 @@
 import pytest
 import torch
-from conftest import DATA, train_steps
 from torch import nn
 
 from lenet_sweep.data import load_mnist, to_model_input
 from lenet_sweep.models import build_model
 from lenet_sweep.train import DeviceData, DivergedError, fit, make_optimizer
+from tests.helpers.cli import DATA
+from tests.helpers.training import train_steps
 
 
 class Recorder(nn.Module):

@@ -6,8 +6,8 @@ Needs Debian's ``chromium`` (``apt-get install chromium``); skipped without it.
 from __future__ import annotations
 
 import pytest
-from conftest import SMALL, cli_env, run_cli, runs_of, store_uri
 
+from tests.helpers.cli import SMALL, cli_env, run_cli, runs_of, store_uri
 from tests.helpers.services import (
     find_chromium,
     free_port,

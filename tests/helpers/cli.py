@@ -1,0 +1,44 @@
+"""Drive the real CLI in a subprocess against a real MLflow store in a temporary directory, and read it back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "data"
+# Small, class-balanced subsets keep CLI tests to seconds.
+SMALL = ["train.epochs=1", "data.train_limit=600", "data.test_limit=200"]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HYDRA_"))}
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, module: str = "lenet_sweep", timeout: float = 300, **env: str):
+    """``python -m <module> <args>`` in ``cwd``; returns the CompletedProcess (text, captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd, env=cli_env(**env), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def store_uri(workdir: Path) -> str:
+    """The runner's default store for a command started in ``workdir``."""
+    return f"sqlite:///{workdir / 'outputs' / 'mlflow.db'}"
+
+
+def runs_of(workdir: Path, experiment: str = "lenet_sweep", children_only: bool = True):
+    client = MlflowClient(store_uri(workdir))
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"experiment {experiment} missing in {workdir}"
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    if children_only:
+        runs = [r for r in runs if r.data.tags.get("sweep") != "true"]
+    return client, runs
