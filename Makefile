@@ -7,7 +7,8 @@ UI_PORT ?= 5000
 SERVER_PORT ?= 5001
 SLURM_LOCAL_DIR ?= /tmp/lenet-sweep-slurm
 
-.PHONY: sweep writeup test report ui ui-screenshot mlflow-server bench stress slurm-start slurm-stop slurm-status clean
+.PHONY: sweep writeup test test-fast report ui ui-screenshot mlflow-server bench stress
+.PHONY: slurm-start slurm-stop slurm-status clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,10 @@ sweep: $(STAMP)
 ## The test suite (what CI runs).
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## The tests not marked slow (no CLI subprocess, server, SLURM or browser): under two minutes on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 ## Compare the runs in outputs/mlflow.db: table on stdout; figures and report.md in outputs/report/.
 report: $(STAMP)

@@ -10,6 +10,8 @@ from tests.helpers.services import free_port
 METRICS = {"train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds"}
 GRID = ["-m", "model=lenet,mlp,lenet_reg", "aug=none,flip"]
 
+pytestmark = pytest.mark.slow  # CLI subprocesses (make test-fast leaves these out)
+
 
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory):
@@ -82,7 +84,6 @@ def test_unreachable_tracking_server_fails_fast_before_training(workdir):
     assert "Epoch" not in result.stdout
 
 
-@pytest.mark.slow
 def test_one_full_epoch_of_lenet_reaches_97_percent(workdir):
     result = run_cli(["train.epochs=1"], workdir)
     assert result.returncode == 0, result.stderr[-2000:]

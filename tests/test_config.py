@@ -85,6 +85,7 @@ def assert_stopped_with_one_line(result, key):
     assert "Epoch" not in result.stdout
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 @pytest.mark.parametrize(
     "override,key",
     # Range checks end the same way; test_range_checks_name_the_key covers each in-process.
@@ -96,6 +97,7 @@ def test_invalid_values_fail_before_training_with_one_line(workdir, override, ke
     assert not (workdir / "outputs" / "mlflow.db").exists() or not runs_of(workdir)[1]
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 @pytest.mark.parametrize(
     "sweep,key",
     [(["optimizer.lr=0.1,-1"], "optimizer.lr=-1.0"), (["model=lenet,bogus"], "model/bogus")],

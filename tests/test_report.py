@@ -1,5 +1,7 @@
 """The report end to end: real short runs through the real CLI into a real temporary MLflow store,
-then ``python -m lenet_sweep.report`` in subprocesses, checked against what the MLflow client returns."""
+then ``python -m lenet_sweep.report`` in subprocesses, checked against what the MLflow client returns.
+
+Tests on that store are marked slow (make test-fast leaves them out)."""
 
 from __future__ import annotations
 
@@ -86,6 +88,7 @@ def check_mean_std(row: dict[str, str], key: str, values: list[float]) -> None:
     assert float(row[f"{key}_std"]) == pytest.approx(statistics.stdev(values), rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_table_has_one_row_per_model_with_mean_and_sample_std_over_seeds(store, reports):
     result = reports["default"]
     assert result.returncode == 0, result.stderr
@@ -111,6 +114,7 @@ def test_table_has_one_row_per_model_with_mean_and_sample_std_over_seeds(store, 
     assert f"| {rows[0]['model.name']} |" in table_lines[2] and " ± " in table_lines[2]
 
 
+@pytest.mark.slow
 def test_report_files_are_written_and_linked(store, reports):
     out = store / "reports" / "default"
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -132,6 +136,7 @@ def test_report_files_are_written_and_linked(store, reports):
         assert f"| {count} |" in page or f"**{count}**" in page
 
 
+@pytest.mark.slow
 def test_failed_runs_are_excluded_unless_asked_for(store, reports):
     assert all(r["failed"] == "0" for r in read_csv(store, "default"))
     result = reports["include_failed"]
@@ -144,6 +149,7 @@ def test_failed_runs_are_excluded_unless_asked_for(store, reports):
     assert "| failed |" in result.stdout.splitlines()[0]
 
 
+@pytest.mark.slow
 def test_filter_and_epoch_select_runs_and_values(store, reports):
     result = reports["mlp_epoch1"]
     assert result.returncode == 0, result.stderr
@@ -155,6 +161,7 @@ def test_filter_and_epoch_select_runs_and_values(store, reports):
         check_mean_std(row, key, [value_at(client, r, key, 1) for r in mlp])
 
 
+@pytest.mark.slow
 def test_group_by_seed_gives_one_row_per_seed(store, reports):
     result = reports["by_seed"]
     assert result.returncode == 0, result.stderr
@@ -168,6 +175,7 @@ def test_group_by_seed_gives_one_row_per_seed(store, reports):
         check_mean_std(row, "test_acc", [r.data.metrics["test_acc"] for r in members])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,expected",
     [
@@ -190,6 +198,7 @@ def test_input_problems_exit_2_with_one_line_naming_them(reports, name, expected
         assert "--include-failed" in lines[0]
 
 
+@pytest.mark.slow
 def test_the_runner_hooks_report_a_sweep_and_plot_a_run(store, tmp_path):
     """The calls the sweep callback and the job make: build_report for the sweep's runs, plot_run_curves."""
     from lenet_sweep.figures import plot_run_curves

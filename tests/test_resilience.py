@@ -5,12 +5,15 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers.cli import SMALL, cli_env, run_cli, runs_of
 from tests.helpers.runs import METRICS, assert_one_parent_with_children, steps
 
 TWO_EPOCHS = ["train.epochs=2", "data.train_limit=600", "data.test_limit=200"]
+
+pytestmark = pytest.mark.slow  # CLI sweeps and an MLflow server (make test-fast leaves these out)
 
 
 def history(client, run_id):

@@ -4,10 +4,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers.cli import cli_env, run_cli
 from tests.helpers.runs import METRICS, assert_one_parent_with_children, steps
+
+pytestmark = pytest.mark.slow  # SLURM, CLI sweeps and an MLflow server
 
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=local", "hydra.launcher.cpus_per_task=1"]
 

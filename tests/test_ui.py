@@ -18,9 +18,11 @@ from tests.helpers.services import (
 
 RUN_NAMES = tuple(f"{model}·none·sgd·s0·epochs=1·train_limit=600·test_limit=200" for model in ("lenet", "mlp"))
 
-pytestmark = pytest.mark.skipif(
-    find_chromium() is None, reason="chromium not found: `apt-get install chromium` to run the MLflow UI browser test"
-)
+pytestmark = [
+    pytest.mark.slow,  # a CLI sweep, mlflow ui and Chromium (make test-fast leaves these out)
+    pytest.mark.skipif(find_chromium() is None,
+                       reason="chromium not found: `apt-get install chromium` to run the MLflow UI browser test"),
+]
 
 
 @pytest.fixture
