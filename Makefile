@@ -35,7 +35,7 @@ report: $(STAMP)
 
 ## The writeup's full study: its four experiments x 3 seeds, 15 epochs (12 runs).
 writeup: $(STAMP)
-	$(BIN)/python -m lenet_sweep -m +experiment=writeup
+	$(BIN)/python -m lenet_sweep -m experiment=writeup
 
 ## The MLflow UI over the project's store, on loopback.
 ui: $(STAMP)

@@ -85,10 +85,20 @@ def _safe_name(dict_cfg: DictConfig, overrides: tuple[str, ...]) -> str:
         return "invalid-config"
 
 
+def plain_experiment(arg: str) -> str:
+    """``+experiment=X`` as ``experiment=X``, so both spellings choose a preset.
+
+    ``experiment`` has a null default in conf/config.yaml (``experiment=X`` works as typed); Hydra
+    refuses to append a group that is already in the defaults list ("Multiple values for experiment").
+    """
+    return arg.removeprefix("+") if arg.startswith("+experiment=") else arg
+
+
 def cli() -> None:
     """Run the Hydra app; a bad override or config group choice exits 2 with one line on stderr."""
     # Let composition errors reach us instead of Hydra's multi-line report.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    sys.argv[1:] = [plain_experiment(arg) for arg in sys.argv[1:]]
     try:
         main()
     except (HydraException, OmegaConfBaseException) as error:

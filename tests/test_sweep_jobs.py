@@ -4,12 +4,13 @@ the presets it expands, each job composed as Hydra composes it."""
 from __future__ import annotations
 
 import hydra
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lenet_sweep.config import register_configs
 from lenet_sweep.sweep import sweep_job_overrides
-from tests.helpers.cli import REPO
+from tests.helpers.cli import REPO, SMALL, run_cli, runs_of
 
 WRITEUP_STUDIES = [
     ("lenet", "lenet", "none", 0.0, False, "none", 0.0),
@@ -42,10 +43,10 @@ def test_sweep_job_overrides_lists_every_job_in_launch_order():
 
 
 def test_writeup_preset_expands_to_the_four_experiments_times_three_seeds():
-    """What the basic sweeper launches for ``-m +experiment=writeup``, each job composed as Hydra would."""
+    """What the basic sweeper launches for ``-m experiment=writeup``, each job composed as Hydra would."""
     register_configs()
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
-        jobs = sweep_job_overrides(sweep_config("+experiment=writeup"))
+        jobs = sweep_job_overrides(sweep_config("experiment=writeup"))
         combos = []
         for overrides in jobs:
             cfg = OmegaConf.to_object(compose("config", overrides))
@@ -53,6 +54,17 @@ def test_writeup_preset_expands_to_the_four_experiments_times_three_seeds():
             combos.append((cfg.model.name, cfg.model.arch, reg.name, reg.dropout, reg.batchnorm, cfg.aug.name,
                            cfg.aug.hflip_p, cfg.seed, cfg.train.epochs, cfg.optimizer.name))
         # A regularization chosen on the command line still wins over the lenet_reg preset inside a study.
-        overridden = compose("config", ["+experiment=writeup", "+study=lenet_reg", "regularization=none"])
+        overridden = compose("config", ["experiment=writeup", "+study=lenet_reg", "regularization=none"])
         assert (overridden.model.name, overridden.model.regularization.name) == ("lenet_reg", "none")
     assert combos == [(*s, seed, 15, "sgd") for s in WRITEUP_STUDIES for seed in (0, 1, 2)]
+
+
+@pytest.mark.slow  # a CLI sweep
+@pytest.mark.parametrize("preset", ["experiment=writeup", "+experiment=writeup"])
+def test_both_spellings_of_the_preset_run_its_sweep(workdir, preset):
+    """The preset's sweep over seeds 0, 1, 2, narrowed to one study on the command line."""
+    result = run_cli(["-m", preset, "+study=mlp", *SMALL], workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Sweep summary: 3 jobs: 3 finished" in result.stdout
+    _, runs = runs_of(workdir)
+    assert sorted((r.data.params["model.name"], r.data.params["seed"]) for r in runs) == [("mlp", s) for s in "012"]
