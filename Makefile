@@ -7,7 +7,7 @@ UI_PORT ?= 5000
 SERVER_PORT ?= 5001
 SLURM_LOCAL_DIR ?= /tmp/lenet-sweep-slurm
 
-.PHONY: sweep writeup test test-fast report ui ui-screenshot mlflow-server bench stress
+.PHONY: sweep writeup test test-fast lint report ui ui-screenshot mlflow-server bench stress
 .PHONY: slurm-start slurm-stop slurm-status clean
 
 $(STAMP): pyproject.toml
@@ -24,6 +24,11 @@ sweep: $(STAMP)
 ## The test suite (what CI runs).
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## ruff (settings in pyproject.toml): lint and format check; CI runs it before the tests. `ruff format .` fixes format.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 ## The tests not marked slow (no CLI subprocess, server, SLURM or browser): under two minutes on 2 cores.
 test-fast: $(STAMP)

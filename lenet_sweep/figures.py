@@ -15,8 +15,9 @@ DataFrame or a dict of lists. It must hold ``epoch`` and the metric columns
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from matplotlib.figure import Figure
 

@@ -19,9 +19,9 @@ import logging
 import math
 import re
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -71,11 +71,13 @@ def find_experiment(client: tracking.MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         known = ", ".join(sorted(e.name for e in client.search_experiments()))
-        raise ReportError(f"experiment '{name}' not found in {client.tracking_uri} (experiments there: {known or 'none'})")
+        raise ReportError(
+            f"experiment '{name}' not found in {client.tracking_uri} (experiments there: {known or 'none'})"
+        )
     return experiment.experiment_id
 
 
-def select_runs(client, experiment_id: str, filter_string: Optional[str], include_failed: bool):
+def select_runs(client, experiment_id: str, filter_string: str | None, include_failed: bool):
     """The experiment's job runs matching the filter: FINISHED, plus FAILED/KILLED with ``include_failed``.
 
     Returns ``(runs, left_out)``: ``left_out`` counts the FAILED/KILLED runs not selected.
@@ -162,7 +164,7 @@ def _n_params(values: pd.Series):
     return distinct[0] if len(distinct) == 1 else "/".join(map(str, distinct)) or None
 
 
-def aggregate(frame: pd.DataFrame, hist: pd.DataFrame, group_by: list[str], epoch: Optional[int]):
+def aggregate(frame: pd.DataFrame, hist: pd.DataFrame, group_by: list[str], epoch: int | None):
     """The per-configuration table (best test accuracy first) and each configuration's mean/std curves.
 
     ``frame``: one row per run (index run_id) with params and ``status``; ``hist``: ``load_histories``.
@@ -188,7 +190,8 @@ def aggregate(frame: pd.DataFrame, hist: pd.DataFrame, group_by: list[str], epoc
         curve.columns = [m if stat == "mean" else f"{m}_std" for m, stat in curve.columns]
         curve = curve.reset_index()
         best = curve.loc[curve["test_acc"].idxmax()] if curve["test_acc"].notna().any() else {}
-        for key, column in (("best_test_acc", "test_acc"), ("best_test_acc_std", "test_acc_std"), ("best_epoch", "epoch")):
+        best_columns = {"best_test_acc": "test_acc", "best_test_acc_std": "test_acc_std", "best_epoch": "epoch"}
+        for key, column in best_columns.items():
             row[key] = best.get(column, math.nan)
         row["epoch_seconds_mean"] = runs_hist["epoch_seconds"].mean()
         rows.append(row)
@@ -231,7 +234,8 @@ def markdown_table(table, group_by: Sequence[str], show_failed: bool) -> str:
         cells = [str(r[k]).replace("|", "\\|") for k in group_by]
         cells += [f"{n:,}" if isinstance(n, int) else str(n), str(r["seeds"])]
         cells += [str(r["failed"])] if show_failed else []
-        cells += ["—" if pd.isna(r["epoch"]) else f"{r['epoch']}{'*' if r['epochs_differ'] else ''}"] if show_epoch else []
+        if show_epoch:
+            cells.append("—" if pd.isna(r["epoch"]) else f"{r['epoch']}{'*' if r['epochs_differ'] else ''}")
         cells += [mean_std(r[f"{k}_mean"], r[f"{k}_std"], d) for k, d in DIGITS.items()]
         best = r["best_epoch"]
         cells += ["—" if pd.isna(best) else f"{r['best_test_acc']:.2f} ({best})", mean_std(r["epoch_seconds_mean"])]
@@ -252,7 +256,8 @@ def findings(table, at: str) -> str:
     a = rows.iloc[0]
     acc = {r["label"]: mean_std(r["test_acc_mean"], r["test_acc_std"]) for _, r in rows.iterrows()}
     if len(rows) == 1:
-        return f"Only one configuration (**{a['label']}**, test accuracy {acc[a['label']]} % at {at}); nothing to compare."
+        return (f"Only one configuration (**{a['label']}**, test accuracy {acc[a['label']]} % at {at}); "
+                "nothing to compare.")
     b = rows.iloc[1]
     diff = a["test_acc_mean"] - b["test_acc_mean"]
     text = (f"**{a['label']}** has the highest test accuracy at {at}: {acc[a['label']]} %, {diff:.2f} points ahead of "
@@ -302,7 +307,8 @@ def parameter_tables(frame) -> str:
             blocks.append(f"{arch}: {error}")
             continue
         names = ", ".join(sorted(members["model.name"].unique())) if "model.name" in members else arch
-        desc = arch + (f", dropout {dropout}" if float(dropout) > 0 else "") + (", batch norm" if batchnorm == "True" else "")
+        desc = arch + (f", dropout {dropout}" if float(dropout) > 0 else "")
+        desc += ", batch norm" if batchnorm == "True" else ""
         lines = [f"**{names}** ({desc})", "", "| layer | parameters |", "|---|---:|"]
         lines += [f"| {name} | {n:,} |" for name, n in parameter_table(model)]
         total = count_parameters(model)
@@ -335,8 +341,8 @@ def write_tables_and_page(out_dir: Path, table, table_md: str, summary: str, fin
 
 # --- the report ------------------------------------------------------------------------
 
-def build_report(client, experiment_id: str, out_dir: Path, *, filter_string: Optional[str] = None,
-                 group_by: Optional[list[str]] = None, epoch: Optional[int] = None,
+def build_report(client, experiment_id: str, out_dir: Path, *, filter_string: str | None = None,
+                 group_by: list[str] | None = None, epoch: int | None = None,
                  include_failed: bool = False) -> Report:
     """Build the report of the experiment's runs matching ``filter_string`` into ``out_dir``.
 
@@ -395,7 +401,7 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _epoch(text: str) -> Optional[int]:
+def _epoch(text: str) -> int | None:
     if text == "last":
         return None
     if not re.fullmatch(r"[1-9][0-9]*", text):
@@ -403,7 +409,7 @@ def _epoch(text: str) -> Optional[int]:
     return int(text)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line; see ``python -m lenet_sweep.report --help``."""
     p = _Parser(prog="python -m lenet_sweep.report",
                 description="Compare an experiment's configurations across seeds: table, learning curves, report.md.")
@@ -418,7 +424,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Print the markdown table and write the report; 2 with one ``error:`` line on stderr on bad input."""
     args = parse_args(argv)
     logging.getLogger("mlflow").setLevel(logging.WARNING)

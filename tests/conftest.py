@@ -28,8 +28,9 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def _slurm_script(action: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(REPO / "scripts" / "slurm-local.sh"), action],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "slurm-local.sh"), action], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +47,10 @@ def slurm_env():
         sbin = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
         missing = [c for c in SLURM_COMMANDS if shutil.which(c, path=sbin) is None]
         if missing:
-            pytest.skip(f"SLURM not installed (no {', '.join(missing)}): "
-                        "apt-get install slurm-wlm munge, or run .ci/run, which installs them")
+            pytest.skip(
+                f"SLURM not installed (no {', '.join(missing)}): "
+                "apt-get install slurm-wlm munge, or run .ci/run, which installs them"
+            )
         if os.geteuid() != 0:
             pytest.skip("the local SLURM cluster runs as root (SlurmUser=root); these tests do not")
         result = _slurm_script("start", timeout=120)
@@ -57,8 +60,11 @@ def slurm_env():
     conf = re.search(r"^export SLURM_CONF=(\S+)$", result.stdout, re.MULTILINE)
     path = re.search(r"^export PATH=(\S+):\$PATH$", result.stdout, re.MULTILINE)
     assert conf and path, f"no export lines in:\n{result.stdout}"
-    env = {**os.environ, "SLURM_CONF": conf.group(1),
-           "PATH": f"{path.group(1)}:{os.environ.get('PATH', '')}:/usr/sbin:/sbin"}
+    env = {
+        **os.environ,
+        "SLURM_CONF": conf.group(1),
+        "PATH": f"{path.group(1)}:{os.environ.get('PATH', '')}:/usr/sbin:/sbin",
+    }
     try:
         yield env
     finally:

@@ -2,8 +2,8 @@ import torch
 
 from lenet_sweep.checkpoint import load_checkpoint, save_checkpoint
 from lenet_sweep.models import build_model
-from tests.helpers.training import train_steps
 from lenet_sweep.train import make_optimizer
+from tests.helpers.training import train_steps
 
 
 def test_a_checkpoint_from_before_packed_parameters_resumes_with_its_momentum(tmp_path):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-
 pytestmark = pytest.mark.slow  # a SLURM cluster (make test-fast leaves these out)
+
 
 def _wait_for_job(job_id: str, env: dict[str, str], timeout: float = 30) -> str:
     deadline = time.monotonic() + timeout

@@ -51,8 +51,20 @@ def test_writeup_preset_expands_to_the_four_experiments_times_three_seeds():
         for overrides in jobs:
             cfg = OmegaConf.to_object(compose("config", overrides))
             reg = cfg.model.regularization
-            combos.append((cfg.model.name, cfg.model.arch, reg.name, reg.dropout, reg.batchnorm, cfg.aug.name,
-                           cfg.aug.hflip_p, cfg.seed, cfg.train.epochs, cfg.optimizer.name))
+            combos.append(
+                (
+                    cfg.model.name,
+                    cfg.model.arch,
+                    reg.name,
+                    reg.dropout,
+                    reg.batchnorm,
+                    cfg.aug.name,
+                    cfg.aug.hflip_p,
+                    cfg.seed,
+                    cfg.train.epochs,
+                    cfg.optimizer.name,
+                )
+            )
         # A regularization chosen on the command line still wins over the lenet_reg preset inside a study.
         overridden = compose("config", ["experiment=writeup", "+study=lenet_reg", "regularization=none"])
         assert (overridden.model.name, overridden.model.regularization.name) == ("lenet_reg", "none")

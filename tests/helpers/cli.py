@@ -25,7 +25,11 @@ def run_cli(args: list[str], cwd: Path, module: str = "lenet_sweep", timeout: fl
     """``python -m <module> <args>`` in ``cwd``; returns the CompletedProcess (text, captured)."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
-        cwd=cwd, env=cli_env(**env), capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -14,13 +14,19 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 # A fresh, quiet headless Chromium that runs as root and never reaches beyond loopback.
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-quic",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
 )
 
 
@@ -51,16 +57,32 @@ def start_mlflow(
     port: int,
     log_path: Path,
     extra_args: Sequence[str] = (),
-    env: Optional[dict] = None,
+    env: dict | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Start ``mlflow server`` or ``mlflow ui`` on 127.0.0.1:``port`` with one web worker and no
     background job runner, wait until it is healthy; return (process, base URL)."""
     env = dict(os.environ if env is None else env, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", command, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", backend_store_uri, *extra_args],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                command,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                backend_store_uri,
+                *extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -72,10 +94,11 @@ def start_mlflow(
 
 
 def start_mlflow_server(
-    backend_store_uri: str, artifacts_dir: Path, port: int, log_path: Path, env: Optional[dict] = None
+    backend_store_uri: str, artifacts_dir: Path, port: int, log_path: Path, env: dict | None = None
 ) -> tuple[subprocess.Popen, str]:
     """A tracking server that also serves artifacts from ``artifacts_dir``."""
-    return start_mlflow("server", backend_store_uri, port, log_path, ["--artifacts-destination", str(artifacts_dir)], env)
+    artifacts = ["--artifacts-destination", str(artifacts_dir)]
+    return start_mlflow("server", backend_store_uri, port, log_path, artifacts, env)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -108,7 +131,7 @@ def stop_process_group(process: subprocess.Popen, grace_seconds: float = 15) -> 
     process.wait()
 
 
-def find_chromium() -> Optional[str]:
+def find_chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -116,7 +139,10 @@ def run_chromium(args: Sequence[str], profile: Path, timeout_seconds: float = 60
     """Run headless Chromium with a fresh profile and ``args``; return its stdout ('' on timeout)."""
     browser = subprocess.Popen(
         [find_chromium() or "chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
     )
     try:
         out, _ = browser.communicate(timeout=timeout_seconds)
