@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -53,7 +54,14 @@ def job_context() -> JobContext:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def config_dir() -> str:
+    """``conf/``: inside the package in a wheel install, at the top of the repository in a checkout."""
+    package = Path(__file__).resolve().parent
+    packaged = package / "conf"
+    return str(packaged if packaged.is_dir() else package.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def main(dict_cfg: DictConfig) -> float | None:
     ctx = job_context()
     multirun = ctx.sweep_dir is not None
@@ -94,6 +102,17 @@ def cli() -> None:
     except (HydraException, OmegaConfBaseException) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
+    except ValueError as error:
+        if not _is_hydra_usage_error(error):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _is_hydra_usage_error(error: ValueError) -> bool:
+    """Hydra checks its command-line flags (``-m --cfg job``) with a plain ValueError of its own."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).match("hydra/_internal/utils.py")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
@@ -65,8 +66,18 @@ def default_artifact_location(tracking_uri: str) -> Optional[str]:
     return (db_path.parent / "mlartifacts").resolve().as_uri()
 
 
+def _is_file_store(tracking_uri: str) -> bool:
+    """MLflow reads ``file:`` URIs and bare paths as its old file store."""
+    return urllib.parse.urlparse(tracking_uri).scheme in ("", "file")
+
+
 def check_reachable(tracking_uri: str, timeout_seconds: float = 5.0) -> None:
-    """Fail fast, naming the URI, when the store cannot be reached (MLflow itself retries for minutes)."""
+    """Fail fast, naming the URI, when the store cannot be used (MLflow itself retries for minutes)."""
+    if _is_file_store(tracking_uri):
+        raise TrackingError(
+            f"MLflow store {tracking_uri}: file stores are not supported by this MLflow; use "
+            "sqlite:///<dir>/mlflow.db (`mlflow migrate-filestore` moves existing runs into one)"
+        )
     if tracking_uri.startswith(("http://", "https://")):
         url = tracking_uri.rstrip("/") + "/health"
         try:
