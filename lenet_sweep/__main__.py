@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -22,7 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lenet_sweep.config import Config, ConfigError, check_known_keys, one_line, register_configs
 from lenet_sweep.data import DataError
-from lenet_sweep.job import JobContext, JobResult, run_job, run_name
+from lenet_sweep.job import JobContext, JobResult, Terminated, run_job, run_name, sigterm_as_interrupt
+from lenet_sweep.sweep import in_launching_process
 from lenet_sweep.tracking import TrackingError, flatten
 
 log = logging.getLogger("lenet_sweep")
@@ -66,16 +68,24 @@ def main(dict_cfg: DictConfig) -> float | None:
     ctx = job_context()
     multirun = ctx.sweep_dir is not None
     try:
-        check_known_keys(OmegaConf.to_container(dict_cfg))
-        cfg: Config = OmegaConf.to_object(dict_cfg)
-        result = run_job(cfg, flatten(OmegaConf.to_container(dict_cfg, resolve=True)), ctx)
+        with sigterm_as_interrupt():
+            check_known_keys(OmegaConf.to_container(dict_cfg))
+            cfg: Config = OmegaConf.to_object(dict_cfg)
+            result = run_job(cfg, flatten(OmegaConf.to_container(dict_cfg, resolve=True)), ctx)
     except INPUT_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         if not multirun:
             sys.exit(2)
         result = JobResult("FAILED", _safe_name(dict_cfg, ctx.overrides), reason=str(error))
-    except KeyboardInterrupt:
-        raise
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C or SIGTERM: the job's status says KILLED (with its run, if it had one) before the process goes.
+        result = getattr(interrupt, "job_result", None) or JobResult(
+            "KILLED", _safe_name(dict_cfg, ctx.overrides), reason=f"interrupted: {interrupt or 'Ctrl-C'}"
+        )
+        result.write(ctx.output_dir)
+        if not multirun or in_launching_process():
+            raise  # stop here: the sweep in this process ends, and its summary says what ran
+        return None  # a launcher's worker: report back, so the sweep's summary counts the job KILLED
     except Exception as error:
         if not multirun:
             raise
@@ -99,6 +109,12 @@ def cli() -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         main()
+    except Terminated as interrupt:
+        print(f"stopped: {interrupt}", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
+    except KeyboardInterrupt:
+        print("stopped: interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     except (HydraException, OmegaConfBaseException) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
