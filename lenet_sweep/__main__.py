@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -21,7 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lenet_sweep.config import Config, ConfigError, check_known_keys, one_line, register_configs
 from lenet_sweep.data import DataError
-from lenet_sweep.job import JobContext, JobResult, run_job, run_name
+from lenet_sweep.job import JobContext, JobResult, Terminated, run_job, run_name, sigterm_as_interrupt
+from lenet_sweep.sweep import in_launching_process
 from lenet_sweep.tracking import TrackingError, flatten
 
 log = logging.getLogger("lenet_sweep")
@@ -53,21 +56,36 @@ def job_context() -> JobContext:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def config_dir() -> str:
+    """``conf/``: inside the package in a wheel install, at the top of the repository in a checkout."""
+    package = Path(__file__).resolve().parent
+    packaged = package / "conf"
+    return str(packaged if packaged.is_dir() else package.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def main(dict_cfg: DictConfig) -> float | None:
     ctx = job_context()
     multirun = ctx.sweep_dir is not None
     try:
-        check_known_keys(OmegaConf.to_container(dict_cfg))
-        cfg: Config = OmegaConf.to_object(dict_cfg)
-        result = run_job(cfg, flatten(OmegaConf.to_container(dict_cfg, resolve=True)), ctx)
+        with sigterm_as_interrupt():
+            check_known_keys(OmegaConf.to_container(dict_cfg))
+            cfg: Config = OmegaConf.to_object(dict_cfg)
+            result = run_job(cfg, flatten(OmegaConf.to_container(dict_cfg, resolve=True)), ctx)
     except INPUT_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         if not multirun:
             sys.exit(2)
         result = JobResult("FAILED", _safe_name(dict_cfg, ctx.overrides), reason=str(error))
-    except KeyboardInterrupt:
-        raise
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C or SIGTERM: the job's status says KILLED (with its run, if it had one) before the process goes.
+        result = getattr(interrupt, "job_result", None) or JobResult(
+            "KILLED", _safe_name(dict_cfg, ctx.overrides), reason=f"interrupted: {interrupt or 'Ctrl-C'}"
+        )
+        result.write(ctx.output_dir)
+        if not multirun or in_launching_process():
+            raise  # stop here: the sweep in this process ends, and its summary says what ran
+        return None  # a launcher's worker: report back, so the sweep's summary counts the job KILLED
     except Exception as error:
         if not multirun:
             raise
@@ -101,9 +119,26 @@ def cli() -> None:
     sys.argv[1:] = [plain_experiment(arg) for arg in sys.argv[1:]]
     try:
         main()
+    except Terminated as interrupt:
+        print(f"stopped: {interrupt}", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
+    except KeyboardInterrupt:
+        print("stopped: interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     except (HydraException, OmegaConfBaseException) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
+    except ValueError as error:
+        if not _is_hydra_usage_error(error):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _is_hydra_usage_error(error: ValueError) -> bool:
+    """Hydra checks its command-line flags (``-m --cfg job``) with a plain ValueError of its own."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).match("hydra/_internal/utils.py")
 
 
 if __name__ == "__main__":

@@ -25,11 +25,16 @@ def save_checkpoint(
     epoch: int,
     history: list[dict[str, float]],
 ) -> None:
-    """Write the state after ``epoch`` atomically (a kill mid-write leaves the previous checkpoint)."""
+    """Write the state after ``epoch`` atomically (a kill mid-write leaves the previous checkpoint).
+
+    The optimizer's state is saved per parameter, by name, whatever layout the
+    device trains with (packed into one buffer on the CPU, one tensor per
+    parameter on a GPU), so a run can continue on either.
+    """
     state: dict[str, Any] = {
         "epoch": epoch,
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer_by_name": optimizer_state_by_name(optimizer.state_dict(), model),
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "history": history,
@@ -47,7 +52,9 @@ def load_checkpoint(
     """Restore ``model``, ``optimizer`` and the RNGs in place; return (last epoch, metric history)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(_matching_optimizer_state(state["optimizer"], optimizer))
+    # Checkpoints written before the by-name form hold the optimizer's own state_dict.
+    by_name = state.get("optimizer_by_name") or optimizer_state_by_name(state["optimizer"], model)
+    optimizer.load_state_dict(optimizer_state_for(optimizer, model, by_name))
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
@@ -55,19 +62,64 @@ def load_checkpoint(
     return state["epoch"], state["history"]
 
 
-def _matching_optimizer_state(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """``saved`` in ``optimizer``'s layout: a checkpoint from before packed parameters
-    (``train.pack_parameters``) holds one state per parameter, which is concatenated, in
-    parameter order, into the one state of an optimizer over the packed parameter."""
-    saved_params = [i for group in saved["param_groups"] for i in group["params"]]
-    packed = [p for group in optimizer.param_groups for p in group["params"]]
-    if len(saved_params) == len(packed) or len(packed) != 1 or len(saved["param_groups"]) != 1:
-        return saved
-    per_param = [saved["state"].get(i, {}) for i in saved_params]
-    state: dict[str, Any] = {}
+def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
+def _is_packed(optimizer_params: list, model: nn.Module) -> bool:
+    """One flat parameter standing for all of ``model``'s (``pack_parameters``), rather than the parameters themselves."""
+    return len(optimizer_params) == 1 and len(_trainable(model)) > 1
+
+
+def optimizer_state_by_name(saved: dict[str, Any], model: nn.Module) -> dict[str, dict[str, Any]]:
+    """An optimizer ``state_dict`` over ``model``'s parameters (packed or not) as ``{parameter name: state}``.
+
+    A packed state's buffers are cut back into each parameter's shape; values
+    that are not per-element (a step count) are copied to every parameter.
+    """
+    indices = [i for group in saved["param_groups"] for i in group["params"]]
+    named = _trainable(model)
+    if len(indices) == len(named):
+        return {name: dict(saved["state"].get(i, {})) for (name, _), i in zip(named, indices)}
+    if len(indices) != 1:
+        raise ValueError(f"optimizer state for {len(indices)} parameters does not fit a model with {len(named)}")
+    packed = saved["state"].get(indices[0], {})
+    by_name, offset = {}, 0
+    for name, param in named:
+        by_name[name] = {
+            key: value[offset : offset + param.numel()].view_as(param).clone() if _per_element(value) else value
+            for key, value in packed.items()
+        }
+        offset += param.numel()
+    return by_name
+
+
+def optimizer_state_for(optimizer: torch.optim.Optimizer, model: nn.Module,
+                        by_name: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``by_name`` as a ``state_dict`` that ``optimizer`` loads, in its own layout, keeping its own settings.
+
+    Hyperparameters come from ``optimizer`` (the run's config decides them) so
+    that device-specific ones (``fused``, ``capturable``) fit the device.
+    """
+    current = optimizer.state_dict()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    named = _trainable(model)
+    missing = [name for name, _ in named if name not in by_name]
+    if missing:
+        raise ValueError(f"the checkpoint has no optimizer state for {', '.join(missing)}")
+    if not _is_packed(params, model):
+        index = {id(p): i for i, p in enumerate(params)}
+        state = {index[id(p)]: by_name[name] for name, p in named if by_name[name]}
+        return {"state": state, "param_groups": current["param_groups"]}
+    per_param = [by_name[name] for name, _ in named]
+    packed: dict[str, Any] = {}
     for key, first in per_param[0].items():
-        if torch.is_tensor(first) and first.dim() > 0:  # momentum or moment buffers, in parameter order
-            state[key] = torch.cat([entry[key].flatten() for entry in per_param])
+        if _per_element(first):  # momentum or moment buffers, in parameter order
+            packed[key] = torch.cat([entry[key].flatten() for entry in per_param])
         else:  # a step count, the same for every parameter
-            state[key] = first
-    return {"state": {0: state} if state else {}, "param_groups": [{**saved["param_groups"][0], "params": [0]}]}
+            packed[key] = first
+    return {"state": {0: packed} if packed else {}, "param_groups": current["param_groups"]}
+
+
+def _per_element(value: Any) -> bool:
+    return torch.is_tensor(value) and value.dim() > 0

@@ -138,8 +138,15 @@ class MlflowConfig:
 class SweepConfig:
     # Skip a job whose config fingerprint already has a FINISHED run in the experiment.
     skip_finished: bool = True
-    # Continue a KILLED/FAILED/RUNNING run with the same fingerprint from its checkpoint.
+    # Continue a KILLED/FAILED run with the same fingerprint from its checkpoint.
     resume: bool = True
+    # A RUNNING run owned by another host counts as orphaned (and is closed KILLED) once its
+    # heartbeat, stamped every minute while its process lives, is this much older.
+    orphan_after_minutes: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require(self.orphan_after_minutes >= 2, "sweep.orphan_after_minutes", self.orphan_after_minutes,
+                 "must be >= 2 (heartbeats come every minute)")
 
 
 @dataclass

@@ -12,9 +12,10 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -28,7 +29,8 @@ from lenet_sweep.train import DeviceData, EpochMetrics, fit, make_optimizer
 log = logging.getLogger(__name__)
 STATUS_FILE = "job_status.json"
 PARENT_RUN_FILE = "mlflow_parent_run.json"
-RESUMABLE = ("RUNNING", "FAILED", "KILLED")
+# A RUNNING run has a live owner: orphans are closed (KILLED) before jobs look for runs to continue.
+RESUMABLE = ("FAILED", "KILLED")
 
 
 class Terminated(KeyboardInterrupt):
@@ -111,8 +113,19 @@ def read_parent_run_id(sweep_dir: Optional[Path]) -> Optional[str]:
     return json.loads((sweep_dir / PARENT_RUN_FILE).read_text())["run_id"]
 
 
-def _raise_terminated(signum, frame):
+def raise_terminated(signum, frame):
+    """A SIGTERM handler: the signal becomes an exception, so runs are closed on the way out."""
     raise Terminated(f"received signal {signum}")
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Inside, SIGTERM raises ``Terminated``, so the job can close its run KILLED and say so."""
+    previous_handler = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
 
 
 def _progress_factory(enabled: bool):
@@ -155,23 +168,52 @@ def _load_device_data(cfg: Config, start_dir: Path, device: torch.device) -> Dev
     )
 
 
-def _close_orphans(client, experiment_id: str) -> None:
-    for run_id in tracking.close_orphaned_runs(client, experiment_id):
-        log.warning("run %s was left RUNNING by a process that is gone; marked KILLED", run_id)
+def _close_orphans(client, experiment_id: str, orphan_after_minutes: float) -> None:
+    for run_id, reason in tracking.close_orphaned_runs(client, experiment_id, orphan_after_minutes * 60):
+        log.warning("run %s was left RUNNING (%s); marked KILLED", run_id, reason)
 
 
 def _find_resumable(client, experiment_id: str, fingerprint: str):
-    for run in tracking.find_runs(client, experiment_id, fingerprint, RESUMABLE):
+    """The newest ended-early run to continue, with its checkpoint (None: it died before its first one)."""
+    runs = tracking.find_runs(client, experiment_id, fingerprint, RESUMABLE)
+    for run in runs:
         checkpoint = run.data.tags.get(tracking.CHECKPOINT_TAG)
         if checkpoint and Path(checkpoint).is_file():
             return run, Path(checkpoint)
-    return None, None
+    for run in runs:
+        if not run.data.metrics:
+            return run, None
+    return None
+
+
+@dataclass
+class Training:
+    """What one job trains, built before its run exists: a failure here leaves nothing in the store."""
+
+    model: torch.nn.Module
+    trained_model: torch.nn.Module  # ``model``, or its torch.compile'd wrapper
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    data: DeviceData
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class OpenedRun:
+    """A run this job owns from now on: new (``resume_from`` None) or reopened to continue."""
+
+    run_id: str
+    checkpoint_path: Path
+    resume_from: Optional[Path] = None  # the checkpoint to continue from
+    previous_tags: Mapping[str, str] = field(default_factory=dict)
 
 
 def run_job(cfg: Config, flat_config: dict[str, Any], ctx: JobContext) -> JobResult:
-    """Train one configuration into one MLflow run; never leaves the run RUNNING on an exception.
+    """Train one configuration into one MLflow run, or skip it when a FINISHED run has the same fingerprint.
 
     Raises ``ConfigError``/``DataError``/``TrackingError`` before any run exists.
+    Once a run exists it always ends FINISHED, FAILED (with the reason) or, on
+    Ctrl-C or SIGTERM, KILLED: the interrupt propagates with the job's result as ``job_result``.
     """
     name = run_name(cfg, ctx.overrides)
     tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri, ctx.start_dir)
@@ -182,13 +224,21 @@ def run_job(cfg: Config, flat_config: dict[str, Any], ctx: JobContext) -> JobRes
     )
     fingerprint = tracking.config_fingerprint(flat_config)
     if ctx.sweep_dir is None:  # in a multirun the launching process did this before any job started
-        _close_orphans(client, experiment_id)
+        _close_orphans(client, experiment_id, cfg.sweep.orphan_after_minutes)
     if cfg.sweep.skip_finished:
         finished = tracking.find_runs(client, experiment_id, fingerprint, ["FINISHED"])
         if finished:
             log.info("skip %s: already FINISHED as run %s", name, finished[0].info.run_id)
             return JobResult("SKIPPED", name, finished[0].info.run_id)
+    training = build_training(cfg, ctx)
+    log.info("%s: %s, %d trainable parameters on %s\n%s", name, cfg.model.arch, count_parameters(training.model),
+             training.device, format_parameter_table(training.model))
+    run = open_run(client, experiment_id, name, fingerprint, cfg.sweep.resume, ctx)
+    return train_run(client, run, name, training, cfg, {**flat_config, "n_params": count_parameters(training.model)}, ctx)
 
+
+def build_training(cfg: Config, ctx: JobContext) -> Training:
+    """Threads, device, data, model and optimizer for ``cfg``, seeded; no run is touched."""
     torch.set_num_threads(pick_threads(cfg.train.threads, ctx.parallel_jobs))
     device = pick_device(cfg.device)
     data = _load_device_data(cfg, ctx.start_dir, device)
@@ -197,64 +247,99 @@ def run_job(cfg: Config, flat_config: dict[str, Any], ctx: JobContext) -> JobRes
     optimizer = make_optimizer(
         model, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay
     )
-    generator = torch.Generator().manual_seed(cfg.seed)
-    n_params = count_parameters(model)
     trained_model = torch.compile(model) if cfg.train.compile else model
-    log.info("%s: %s, %d trainable parameters on %s\n%s", name, cfg.model.arch, n_params, device, format_parameter_table(model))
+    return Training(model, trained_model, optimizer, torch.Generator().manual_seed(cfg.seed), data, device)
 
-    resumed_run, checkpoint_path = (None, None)
-    if cfg.sweep.resume:
-        resumed_run, checkpoint_path = _find_resumable(client, experiment_id, fingerprint)
-    start_epoch, history = 1, []
-    if resumed_run is not None:
-        run_id = resumed_run.info.run_id
-        last_epoch, history = load_checkpoint(checkpoint_path, model, optimizer, generator)
-        start_epoch = last_epoch + 1
-        client.update_run(run_id, status="RUNNING")
-        tracking.set_tags(client, run_id, tracking.owner_tags())
-        if tracking.FAILURE_TAG in resumed_run.data.tags:  # that failure is being repaired
-            client.delete_tag(run_id, tracking.FAILURE_TAG)
-        _log_missing_epochs(client, run_id, history)
-        log.info("resume %s: run %s from epoch %d (%s)", name, run_id, start_epoch, checkpoint_path)
-    else:
-        checkpoint_path = ctx.output_dir / CHECKPOINT_NAME
-        tags = tracking.tags_for_job(
-            " ".join(ctx.overrides), str(ctx.sweep_dir) if ctx.sweep_dir else None, ctx.job_num,
-            tracking.git_commit(ctx.start_dir),
-        )
-        tags[tracking.FINGERPRINT_TAG] = fingerprint
-        tags[tracking.CHECKPOINT_TAG] = str(checkpoint_path)
-        tags["device"] = str(device)
-        run_id = tracking.start_run(client, experiment_id, name, tags, read_parent_run_id(ctx.sweep_dir))
-        tracking.log_params(client, run_id, {**flat_config, "n_params": n_params})
+
+def open_run(client, experiment_id: str, name: str, fingerprint: str, resume: bool, ctx: JobContext) -> OpenedRun:
+    """Reopen the run this job continues (``resume``), or create a new one; it is RUNNING from here on.
+
+    A run continues from its checkpoint; a run that died before its first
+    checkpoint (no epoch logged) is taken over from epoch 1, so a relaunch never
+    leaves an empty KILLED run beside a new one.
+    """
+    checkpoint_path = ctx.output_dir / CHECKPOINT_NAME
+    previous = _find_resumable(client, experiment_id, fingerprint) if resume else None
+    if previous is not None:
+        run, saved_checkpoint = previous
+        tracking.set_tags(client, run.info.run_id, tracking.owner_tags())  # before RUNNING: never a dead owner
+        client.update_run(run.info.run_id, status="RUNNING")
+        if saved_checkpoint is not None:
+            return OpenedRun(run.info.run_id, saved_checkpoint, saved_checkpoint, run.data.tags)
+        return OpenedRun(run.info.run_id, checkpoint_path, None, run.data.tags)
+    tags = {tracking.FINGERPRINT_TAG: fingerprint, tracking.CHECKPOINT_TAG: str(checkpoint_path)}
+    run_id = tracking.start_run(client, experiment_id, name, tags, read_parent_run_id(ctx.sweep_dir))
+    return OpenedRun(run_id, checkpoint_path)
+
+
+def train_run(client, run: OpenedRun, name: str, training: Training, cfg: Config, params: dict[str, Any],
+              ctx: JobContext) -> JobResult:
+    """Everything after the run exists, under one ``try``: whatever happens, the run ends."""
+    try:
+        with tracking.Heartbeat(client, run.run_id):
+            history = _prepare_run(client, run, name, training, params, ctx)
+            _train(client, run, training, cfg, history)
+            _log_final_artifacts(client, run.run_id, training.model, ctx.output_dir)
+            _log_learning_curves(client, run.run_id, history, name)
+    except KeyboardInterrupt as interrupt:
+        reason = f"interrupted: {interrupt or 'Ctrl-C'}"
+        tracking.end_run(client, run.run_id, "KILLED", reason)
+        interrupt.job_result = JobResult("KILLED", name, run.run_id, reason=reason)  # for the job's status file
+        raise
+    except BaseException as error:
+        tracking.end_run(client, run.run_id, "FAILED", f"{type(error).__name__}: {error}")
+        raise
+    tracking.end_run(client, run.run_id, "FINISHED")
+    return JobResult("FINISHED", name, run.run_id, test_acc=history[-1]["test_acc"] if history else None)
+
+
+def _train(client, run: OpenedRun, training: Training, cfg: Config, history: list[dict[str, float]]) -> None:
+    """The epochs after ``history``'s last, each checkpointed, then logged."""
 
     def on_epoch_end(metrics: EpochMetrics) -> None:
         history.append({"epoch": metrics.epoch, **metrics.as_dict()})
         # Checkpoint first: a kill between the two is repaired on resume from the history.
-        save_checkpoint(checkpoint_path, model, optimizer, generator, metrics.epoch, history)
-        tracking.log_metrics(client, run_id, metrics.epoch, metrics.as_dict())
+        save_checkpoint(run.checkpoint_path, training.model, training.optimizer, training.generator,
+                        metrics.epoch, history)
+        tracking.log_metrics(client, run.run_id, metrics.epoch, metrics.as_dict())
         log.info("%s", metrics.log_line())
 
-    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        fit(
-            trained_model, optimizer, data, cfg.train.epochs, cfg.train.batch_size, cfg.train.eval_batch_size, generator,
-            hflip_p=cfg.aug.hflip_p, start_epoch=start_epoch,
-            amp_dtype=torch.bfloat16 if cfg.train.amp == "bf16" else None,
-            on_epoch_end=on_epoch_end, progress_factory=_progress_factory(sys.stderr.isatty()),
-        )
-        _log_final_artifacts(client, run_id, model, ctx.output_dir)
-        _log_learning_curves(client, run_id, history, name)
-    except KeyboardInterrupt as interrupt:
-        tracking.end_run(client, run_id, "KILLED", f"interrupted: {interrupt or 'Ctrl-C'}")
-        raise
-    except BaseException as error:
-        tracking.end_run(client, run_id, "FAILED", f"{type(error).__name__}: {error}")
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-    tracking.end_run(client, run_id, "FINISHED")
-    return JobResult("FINISHED", name, run_id, test_acc=history[-1]["test_acc"] if history else None)
+    fit(
+        training.trained_model, training.optimizer, training.data, cfg.train.epochs, cfg.train.batch_size,
+        cfg.train.eval_batch_size, training.generator, hflip_p=cfg.aug.hflip_p,
+        start_epoch=history[-1]["epoch"] + 1 if history else 1,
+        amp_dtype=torch.bfloat16 if cfg.train.amp == "bf16" else None,
+        on_epoch_end=on_epoch_end, progress_factory=_progress_factory(sys.stderr.isatty()),
+    )
+
+
+def _prepare_run(client, run: OpenedRun, name: str, training: Training, params: dict[str, Any],
+                 ctx: JobContext) -> list[dict[str, float]]:
+    """Tags, params and, when continuing, the checkpoint's state; the metric history so far."""
+    tags = tracking.tags_for_job(
+        " ".join(ctx.overrides), str(ctx.sweep_dir) if ctx.sweep_dir else None, ctx.job_num,
+        tracking.git_commit(ctx.start_dir),
+    )
+    tags.update(tracking.owner_tags())
+    tags[tracking.CHECKPOINT_TAG] = str(run.checkpoint_path)
+    tags["device"] = str(training.device)
+    parent_run_id = read_parent_run_id(ctx.sweep_dir)
+    if parent_run_id:  # a run continued by a relaunch joins the sweep that now holds it
+        tags[tracking.MLFLOW_PARENT_RUN_ID] = parent_run_id
+    tracking.set_tags(client, run.run_id, tags)
+    if tracking.FAILURE_TAG in run.previous_tags:  # that failure is being repaired
+        client.delete_tag(run.run_id, tracking.FAILURE_TAG)
+    tracking.log_params(client, run.run_id, params)
+    if run.resume_from is None:
+        if run.previous_tags:
+            log.info("take over %s: run %s died before its first checkpoint; training from epoch 1", name, run.run_id)
+        return []
+    last_epoch, history = load_checkpoint(
+        run.resume_from, training.model, training.optimizer, training.generator
+    )
+    _log_missing_epochs(client, run.run_id, history)
+    log.info("resume %s: run %s from epoch %d (%s)", name, run.run_id, last_epoch + 1, run.resume_from)
+    return history
 
 
 def _log_missing_epochs(client, run_id: str, history: list[dict[str, float]]) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -28,9 +30,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lenet_sweep import tracking
 from lenet_sweep.config import Config, ConfigError, check_known_keys, one_line
-from lenet_sweep.job import PARENT_RUN_FILE, STATUS_FILE
+from lenet_sweep.job import PARENT_RUN_FILE, STATUS_FILE, raise_terminated
 
 STATUSES = ("FINISHED", "FAILED", "KILLED", "SKIPPED")
+LAUNCHES_TAG = "launches"  # how often the sweep was launched; the parent's job counts are logged at that step
 
 
 def _job_order(job_dir: Path):
@@ -111,58 +114,136 @@ def check_every_job(config: DictConfig) -> None:
         OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), values))
 
 
+_launching_pid: Optional[int] = None
+
+
+def in_launching_process() -> bool:
+    """True in the process that started the multirun, where the basic launcher also runs its jobs."""
+    return _launching_pid == os.getpid()
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start; the message says why."""
+
+
+def open_parent_run(client: tracking.MlflowClient, experiment_id: str, config: DictConfig) -> str:
+    """The sweep's parent run, RUNNING: the one an earlier launch of the same sweep left, or a new one.
+
+    A sweep is its overrides and sweeper params (``tracking.sweep_fingerprint``),
+    so a relaunch gathers every job, skipped, resumed or new, under one parent.
+    """
+    overrides = list(config.hydra.overrides.task)
+    params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
+    fingerprint = tracking.sweep_fingerprint(overrides, params)
+    sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
+    earlier = client.search_runs(
+        [experiment_id], filter_string=f"tags.{tracking.SWEEP_FINGERPRINT_TAG} = '{fingerprint}'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    if earlier:
+        parent = earlier[0]
+        if parent.info.status == "RUNNING":
+            tags = parent.data.tags
+            raise SweepError(f"this sweep is already running: parent run {parent.info.run_id} on "
+                             f"{tags.get(tracking.HOST_TAG)} (pid {tags.get(tracking.PID_TAG)})")
+        launches = int(parent.data.tags.get(LAUNCHES_TAG, "1")) + 1
+        tracking.set_tags(client, parent.info.run_id,
+                          {**tracking.owner_tags(), "hydra.sweep_dir": sweep_dir, LAUNCHES_TAG: launches})
+        if tracking.FAILURE_TAG in parent.data.tags:
+            client.delete_tag(parent.info.run_id, tracking.FAILURE_TAG)
+        client.update_run(parent.info.run_id, status="RUNNING")
+        print(f"relaunch {launches} of sweep {parent.info.run_id} ({parent.info.run_name})", file=sys.stderr)
+        return parent.info.run_id
+    name = f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(overrides)}".strip()
+    tags = {"sweep": "true", "hydra.sweep_dir": sweep_dir, tracking.SWEEP_FINGERPRINT_TAG: fingerprint,
+            LAUNCHES_TAG: "1"}
+    run_id = tracking.start_run(client, experiment_id, name, tags)
+    try:
+        tracking.log_params(client, run_id, dict(o.split("=", 1) for o in overrides if "=" in o))
+    except BaseException:
+        tracking.end_run(client, run_id, "FAILED", "could not log the sweep's overrides")
+        raise
+    return run_id
+
+
 class SweepCallback(Callback):
     """Parent MLflow run and end-of-sweep summary for ``-m`` runs."""
 
     def __init__(self) -> None:
         self.client: Optional[tracking.MlflowClient] = None
         self.parent_run_id: Optional[str] = None
+        self.sweep_dir: Optional[Path] = None
+        self.heartbeat: Optional[tracking.Heartbeat] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Launchers ship the callbacks to their workers; the parent run belongs to the launching process alone.
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _launching_pid
         uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri, Path.cwd())
         # Hydra turns a callback's exception into a warning and goes on: exit here instead.
         try:
             check_every_job(config)
             tracking.check_reachable(uri)
-        except (ConfigError, tracking.TrackingError) as error:
+            self.client = tracking.MlflowClient(uri)
+            experiment_id = tracking.get_or_create_experiment(
+                self.client, config.mlflow.experiment, tracking.default_artifact_location(uri)
+            )
+            stale_after_seconds = float(config.sweep.orphan_after_minutes) * 60
+            for run_id, reason in tracking.close_orphaned_runs(self.client, experiment_id, stale_after_seconds):
+                print(f"run {run_id} was left RUNNING ({reason}); marked KILLED", file=sys.stderr)
+            self.parent_run_id = open_parent_run(self.client, experiment_id, config)
+        except (ConfigError, tracking.TrackingError, SweepError) as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         except (HydraException, OmegaConfBaseException) as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             sys.exit(2)
-        self.client = tracking.MlflowClient(uri)
-        experiment_id = tracking.get_or_create_experiment(
-            self.client, config.mlflow.experiment, tracking.default_artifact_location(uri)
-        )
-        for run_id in tracking.close_orphaned_runs(self.client, experiment_id):
-            print(f"run {run_id} was left RUNNING by a process that is gone; marked KILLED", file=sys.stderr)
-        overrides = list(config.hydra.overrides.task)
-        name = f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(overrides)}".strip()
-        tags = {"sweep": "true", "hydra.sweep_dir": str(Path(config.hydra.sweep.dir).resolve())}
-        self.parent_run_id = tracking.start_run(self.client, experiment_id, name, tags)
-        tracking.log_params(self.client, self.parent_run_id, dict(o.split("=", 1) for o in overrides if "=" in o))
-        sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": self.parent_run_id, "tracking_uri": uri}))
-        # Ctrl-C or a launcher error skips on_multirun_end; the parent must not stay RUNNING.
-        atexit.register(self._end_unfinished)
+        _launching_pid = os.getpid()
+        # From here on the parent must end, whatever happens: Ctrl-C, SIGTERM or a launcher error
+        # skip on_multirun_end, so atexit closes it, with the summary of what ran.
+        atexit.register(self._end_interrupted)
+        signal.signal(signal.SIGTERM, raise_terminated)
+        self.heartbeat = tracking.Heartbeat(self.client, self.parent_run_id)
+        self.heartbeat.start()
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        (self.sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": self.parent_run_id, "tracking_uri": uri}))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        results = read_job_statuses(Path(config.hydra.sweep.dir))
+        failed = self._end_parent(interrupted=False)
+        if failed:
+            sys.exit(1)
+
+    def _end_parent(self, interrupted: bool) -> int:
+        """Print and log the summary, close the parent; the number of jobs that failed or were killed."""
+        if self.client is None or self.parent_run_id is None or self.sweep_dir is None:
+            return 0
+        results = read_job_statuses(self.sweep_dir)
         summary = format_summary(results)
         print(summary, flush=True)
         counts = Counter(r["status"] for r in results)
         failed = counts["FAILED"] + counts["KILLED"]
-        if self.client is not None and self.parent_run_id is not None:
-            tracking.log_metrics(self.client, self.parent_run_id, 0, {f"jobs_{s.lower()}": counts[s] for s in STATUSES})
-            tracking.set_tags(self.client, self.parent_run_id, {f"jobs_{s.lower()}": counts[s] for s in STATUSES})
-            self.client.log_text(self.parent_run_id, summary + "\n", "sweep_summary.txt")
-            self._log_report(Path(config.hydra.sweep.dir) / "report", results)
-            tracking.end_run(self.client, self.parent_run_id, "FAILED" if failed else "FINISHED",
-                             f"{failed} of {len(results)} jobs failed" if failed else None)
-            self.parent_run_id = None
-        if failed:
-            sys.exit(1)
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        step = int(self.client.get_run(self.parent_run_id).data.tags.get(LAUNCHES_TAG, "1"))
+        job_counts = {f"jobs_{s.lower()}": counts[s] for s in STATUSES}
+        tracking.log_metrics(self.client, self.parent_run_id, step, job_counts)
+        tracking.set_tags(self.client, self.parent_run_id, job_counts)
+        self.client.log_text(self.parent_run_id, summary + "\n", "sweep_summary.txt")
+        if not interrupted:
+            self._log_report(self.sweep_dir / "report", results)
+        if interrupted:
+            status, reason = "KILLED", "sweep interrupted before it completed"
+        else:
+            status, reason = ("FAILED", f"{failed} of {len(results)} jobs failed") if failed else ("FINISHED", None)
+        tracking.end_run(self.client, self.parent_run_id, status, reason)
+        self.parent_run_id = None
+        return failed
 
     def _log_report(self, out_dir: Path, results: list[dict[str, Any]]) -> None:
         """The sweep's report (table, learning curves, report.md) into ``out_dir`` and the parent's ``report/``."""
@@ -183,7 +264,5 @@ class SweepCallback(Callback):
             return
         print(f"{report.markdown_table}\nreport: {out_dir / 'report.md'}", flush=True)
 
-    def _end_unfinished(self) -> None:
-        if self.client is not None and self.parent_run_id is not None:
-            tracking.end_run(self.client, self.parent_run_id, "KILLED", "sweep interrupted before it completed")
-            self.parent_run_id = None
+    def _end_interrupted(self) -> None:
+        self._end_parent(interrupted=True)

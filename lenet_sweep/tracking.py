@@ -12,8 +12,10 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
@@ -30,11 +32,16 @@ from mlflow.utils.mlflow_tags import (
 
 DEFAULT_STORE = Path("outputs") / "mlflow.db"
 FINGERPRINT_TAG = "config_fingerprint"
+SWEEP_FINGERPRINT_TAG = "sweep_fingerprint"
 FAILURE_TAG = "failure_reason"
 CHECKPOINT_TAG = "checkpoint_path"
 # Which process owns a RUNNING run, so that a later launch on the same host can tell a dead owner.
 HOST_TAG = "host"
 PID_TAG = "pid"
+# Which SLURM job owns it, and when its owner was last alive: orphans are found from any host.
+SLURM_JOB_TAG = "slurm_job_id"
+HEARTBEAT_TAG = "heartbeat"
+HEARTBEAT_SECONDS = 60
 # Config keys that say where things are or how they are run, not what is computed.
 FINGERPRINT_EXCLUDED = ("mlflow", "sweep", "data.root", "data.download", "data.train_dir", "data.test_dir", "train.threads")
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
@@ -65,8 +72,18 @@ def default_artifact_location(tracking_uri: str) -> Optional[str]:
     return (db_path.parent / "mlartifacts").resolve().as_uri()
 
 
+def _is_file_store(tracking_uri: str) -> bool:
+    """MLflow reads ``file:`` URIs and bare paths as its old file store."""
+    return urllib.parse.urlparse(tracking_uri).scheme in ("", "file")
+
+
 def check_reachable(tracking_uri: str, timeout_seconds: float = 5.0) -> None:
-    """Fail fast, naming the URI, when the store cannot be reached (MLflow itself retries for minutes)."""
+    """Fail fast, naming the URI, when the store cannot be used (MLflow itself retries for minutes)."""
+    if _is_file_store(tracking_uri):
+        raise TrackingError(
+            f"MLflow store {tracking_uri}: file stores are not supported by this MLflow; use "
+            "sqlite:///<dir>/mlflow.db (`mlflow migrate-filestore` moves existing runs into one)"
+        )
     if tracking_uri.startswith(("http://", "https://")):
         url = tracking_uri.rstrip("/") + "/health"
         try:
@@ -111,12 +128,23 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_fingerprint(flat_config: Mapping[str, Any]) -> str:
     """A short hash of what a run computes: the resolved config minus paths and launcher settings."""
-    kept = {
-        key: value
-        for key, value in flat_config.items()
-        if not any(key == ex or key.startswith(ex + ".") for ex in FINGERPRINT_EXCLUDED)
-    }
+    kept = {key: value for key, value in flat_config.items() if _computes(key)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _computes(key: str) -> bool:
+    return not any(key == ex or key.startswith(ex + ".") for ex in FINGERPRINT_EXCLUDED)
+
+
+def sweep_fingerprint(overrides: Iterable[str], sweeper_params: Mapping[str, str]) -> str:
+    """A short hash of what a sweep runs: its overrides and sweeper params, minus those that change no result.
+
+    The same command relaunched gets the same fingerprint, whichever directory
+    Hydra names after the time and whichever store or launcher it uses.
+    """
+    settings = [o for o in overrides if _computes(o.lstrip("+~").partition("=")[0])]
+    settings += [f"{key}={value}" for key, value in sweeper_params.items() if _computes(key.lstrip("+~"))]
+    return hashlib.sha256(json.dumps(sorted(settings)).encode()).hexdigest()[:16]
 
 
 def git_commit(directory: Path) -> Optional[str]:
@@ -141,8 +169,13 @@ def find_runs(client: MlflowClient, experiment_id: str, fingerprint: str, status
 
 
 def owner_tags() -> dict[str, str]:
-    """Host and process id of the caller, recorded on every run it starts or resumes."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    """Host, process id and SLURM job of the caller, recorded on every run it starts or resumes."""
+    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), HEARTBEAT_TAG: f"{time.time():.0f}"}
+    # An array task is known to squeue and scancel by its <array job>_<task> name only.
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    slurm_job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+    tags[SLURM_JOB_TAG] = slurm_job or ""
+    return tags
 
 
 def _process_alive(pid: int) -> bool:
@@ -158,24 +191,91 @@ def _process_alive(pid: int) -> bool:
         return True
 
 
-def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
-    """End as KILLED the experiment's RUNNING runs whose owning process on this host is gone; their ids.
+def _slurm_job_gone(job_id: str) -> bool:
+    """True when SLURM says the job is no longer queued or running; False when alive or unknown."""
+    try:
+        result = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False  # no SLURM client here: the heartbeat decides
+    if result.returncode == 0:
+        return not result.stdout.strip()
+    return "invalid job id" in result.stderr.lower()
 
-    A SIGKILLed process (out of memory, ``kill -9``) cannot close its own run.
-    Runs owned by another host are left alone: their process cannot be checked
-    from here. A closed job run stays resumable from its checkpoint.
+
+def orphan_reason(tags: Mapping[str, str], stale_after_seconds: float, now: Optional[float] = None) -> Optional[str]:
+    """Why a RUNNING run with these tags has no live owner, or None when it may still have one.
+
+    On the owner's host its process id decides. From any host, a SLURM job that
+    the scheduler no longer knows, or a heartbeat older than ``stale_after_seconds``,
+    marks the run orphaned.
     """
-    host = socket.gethostname()
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.{HOST_TAG} = '{host}'"
-    )
+    host, pid = tags.get(HOST_TAG), tags.get(PID_TAG, "")
+    if host == socket.gethostname() and pid.isdigit():
+        if int(pid) != os.getpid() and not _process_alive(int(pid)):
+            return f"its process {pid} on {host} ended without closing it"
+        return None
+    slurm_job = tags.get(SLURM_JOB_TAG)
+    if slurm_job and _slurm_job_gone(slurm_job):
+        return f"its SLURM job {slurm_job} on {host} is no longer running"
+    heartbeat = tags.get(HEARTBEAT_TAG, "")
+    age_seconds = (now or time.time()) - float(heartbeat) if heartbeat else None
+    if age_seconds is not None and age_seconds > stale_after_seconds:
+        return f"its owner on {host} (pid {pid}) has been silent for {age_seconds / 60:.0f} min"
+    return None
+
+
+def close_orphaned_runs(client: MlflowClient, experiment_id: str, stale_after_seconds: float) -> list[tuple[str, str]]:
+    """End as KILLED the experiment's RUNNING runs that no live process owns; (run id, reason) of each.
+
+    A SIGKILLed process (out of memory, ``kill -9``, a lost node) cannot close
+    its own run. A closed job run stays resumable from its checkpoint.
+    """
     closed = []
-    for run in runs:
-        pid = run.data.tags.get(PID_TAG, "")
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
-            end_run(client, run.info.run_id, "KILLED", f"its process {pid} on {host} ended without closing it")
-            closed.append(run.info.run_id)
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10000):
+        reason = orphan_reason(run.data.tags, stale_after_seconds)
+        if reason:
+            end_run(client, run.info.run_id, "KILLED", reason)
+            closed.append((run.info.run_id, reason))
     return closed
+
+
+class Heartbeat:
+    """While open, stamps the run's heartbeat tag every ``interval_seconds`` from a daemon thread.
+
+    The thread dies with its process, so a run whose heartbeat is old has lost
+    its owner wherever that ran (``orphan_reason``).
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, interval_seconds: float = HEARTBEAT_SECONDS) -> None:
+        self.client, self.run_id, self.interval_seconds = client, run_id, interval_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat_until_stopped, name="mlflow-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self.beat()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def __enter__(self) -> "Heartbeat":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def beat(self) -> None:
+        self.client.set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
+
+    def _beat_until_stopped(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            try:
+                self.beat()
+            except Exception:  # a store hiccup: the next beat tries again
+                pass
 
 
 def start_run(

@@ -89,3 +89,20 @@ def test_one_full_epoch_of_lenet_reaches_97_percent(workdir):
     assert result.returncode == 0, result.stderr[-2000:]
     _, runs = runs_of(workdir)
     assert runs[0].data.metrics["test_acc"] >= 97.0
+
+
+@pytest.mark.parametrize("uri", ["file:///tmp/lenet-sweep-mlruns", "mlruns"])
+def test_a_file_store_uri_fails_with_one_line_naming_the_replacement(workdir, uri):
+    for args in ([], ["-m", "seed=0,1"]):
+        result = run_cli(args + SMALL + [f"mlflow.tracking_uri={uri}"], workdir)
+        assert result.returncode == 2
+        error_lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(error_lines) == 1 and uri in error_lines[0], result.stderr
+        assert "file stores are not supported" in error_lines[0] and "sqlite:///" in error_lines[0]
+        assert "Epoch" not in result.stdout and not (workdir / "outputs" / "mlflow.db").exists()
+
+
+def test_hydra_flag_errors_are_one_line(workdir):
+    result = run_cli(["-m", "--cfg", "job"], workdir)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"

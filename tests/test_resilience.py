@@ -2,13 +2,16 @@
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers.cli import SMALL, cli_env, run_cli, runs_of
+from tests.helpers.cli import SMALL, cli_env, run_cli, runs_of, store_uri
 from tests.helpers.runs import METRICS, assert_one_parent_with_children, steps
 
 TWO_EPOCHS = ["train.epochs=2", "data.train_limit=600", "data.test_limit=200"]
@@ -83,24 +86,123 @@ def test_sigkill_mid_run_then_relaunch_resumes_to_identical_metrics(workdir, tmp
     assert history(client, runs[0].info.run_id) == history(ref_client, ref_runs[0].info.run_id)
 
 
-def test_a_sigkilled_sweep_leaves_no_run_running_after_the_next_launch(workdir):
-    args = ["-m", "seed=0,1", "train.epochs=3", "data.train_limit=2000", "data.test_limit=200", "train.threads=1"]
-    pid = sigkill_after_epoch_two(args, workdir)
-    client, every_run = runs_of(workdir, children_only=False)
-    assert sorted(r.info.status for r in every_run) == ["RUNNING", "RUNNING"]  # the parent and job 0
-    orphans = {r.info.run_id for r in every_run}
+def start_cli(args, workdir) -> subprocess.Popen:
+    """The CLI in its own process group (so the test can stop exactly it and its workers), output piped."""
+    return subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=workdir, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def has_runs(db: Path) -> bool:
+    """Whether the CLI has created a run: only then is the schema complete, so opening the store migrates nothing."""
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+            return connection.execute("SELECT count(*) FROM runs").fetchone()[0] > 0
+    except sqlite3.OperationalError:  # the tables are still being created
+        return False
+
+
+def wait_for_runs(workdir, process, ready, timeout_s=240):
+    """Poll the store until ``ready(client, child_runs)`` holds; the child runs then."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the CLI ended before the test could interrupt it"
+        if has_runs(workdir / "outputs" / "mlflow.db"):
+            client, runs = runs_of(workdir)
+            if runs and ready(client, runs):
+                return runs
+        time.sleep(0.2)
+    raise AssertionError("the runs never reached the awaited state")
+
+
+def test_a_sigkilled_joblib_sweep_relaunched_has_one_parent_and_every_epoch_once(workdir):
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2", "train.epochs=3",
+            "data.train_limit=3000", "data.test_limit=200", "train.threads=1"]
+    sweep = start_cli(args, workdir)
+    wait_for_runs(workdir, sweep, lambda client, runs: any(steps(client, r.info.run_id) for r in runs))
+    os.killpg(sweep.pid, signal.SIGKILL)  # the launcher and its workers, as the OOM killer or a lost node would
+    sweep.communicate(timeout=60)
+    _, every_run = runs_of(workdir, children_only=False)
+    assert "RUNNING" in {r.info.status for r in every_run}
 
     relaunch = run_cli(args, workdir)
-    assert relaunch.returncode == 0, relaunch.stderr[-2000:]
-    assert relaunch.stderr.count("left RUNNING by a process that is gone") == 2
+    assert relaunch.returncode == 0, relaunch.stdout[-3000:] + relaunch.stderr[-3000:]
+    assert "was left RUNNING (its process" in relaunch.stderr and "relaunch 2 of sweep" in relaunch.stderr
     client, every_run = runs_of(workdir, children_only=False)
-    assert not [r for r in every_run if r.info.status == "RUNNING"]
-    old_parent = [r for r in every_run if r.info.run_id in orphans and r.data.tags.get("sweep") == "true"][0]
-    assert old_parent.info.status == "KILLED"
-    assert f"process {pid} " in old_parent.data.tags["failure_reason"]
-    resumed = [r for r in every_run if r.info.run_id in orphans and r.data.tags.get("sweep") != "true"][0]
-    assert resumed.info.status == "FINISHED" and "failure_reason" not in resumed.data.tags
-    assert steps(client, resumed.info.run_id) == [1, 2, 3]
+    assert {r.info.status for r in every_run} == {"FINISHED"}, [(r.info.run_name, r.info.status) for r in every_run]
+    for child in assert_one_parent_with_children(every_run, 3):
+        for key in METRICS:
+            assert steps(client, child.info.run_id, key) == [1, 2, 3]
+
+
+def test_a_run_killed_before_its_first_epoch_is_taken_over_in_place(workdir):
+    args = ["train.epochs=2", "data.train_limit=6000", "data.test_limit=200", "train.threads=1"]
+    process = start_cli(args, workdir)
+    (killed,) = wait_for_runs(workdir, process, lambda client, runs: True)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+
+    relaunch = run_cli(args, workdir)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    assert "take over" in relaunch.stdout + relaunch.stderr
+    client, runs = runs_of(workdir)
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(killed.info.run_id, "FINISHED")]
+    assert steps(client, killed.info.run_id) == [1, 2]
+
+
+def test_a_checkpoint_that_cannot_be_loaded_fails_the_resumed_run_never_leaving_it_running(workdir):
+    args = ["train.epochs=3", "data.train_limit=3000", "data.test_limit=200", "train.threads=1"]
+    sigkill_after_epoch_two(args, workdir)
+    client, (run,) = runs_of(workdir)
+    Path(run.data.tags["checkpoint_path"]).write_bytes(b"not a checkpoint")
+
+    relaunch = run_cli(args, workdir)
+    assert relaunch.returncode != 0
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FAILED"
+    assert "UnpicklingError" in run.data.tags["failure_reason"], run.data.tags["failure_reason"]
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_sigterm_ends_the_job_killed_and_the_summary_counts_it(workdir, launcher):
+    args = ["-m", f"hydra/launcher={launcher}", "seed=0,1", "train.epochs=3", "data.train_limit=3000",
+            "data.test_limit=200", "train.threads=1"]
+    sweep = start_cli(args + (["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []), workdir)
+    runs = wait_for_runs(workdir, sweep, lambda client, runs: any(steps(client, r.info.run_id) for r in runs))
+    victim = next(r for r in runs if steps(MlflowClient(store_uri(workdir)), r.info.run_id))
+    os.kill(int(victim.data.tags["pid"]), signal.SIGTERM)  # scancel, preemption, a launcher shutting down
+    output, _ = sweep.communicate(timeout=120)
+    assert sweep.returncode != 0, output[-3000:]
+
+    client, every_run = runs_of(workdir, children_only=False)
+    assert client.get_run(victim.info.run_id).info.status == "KILLED"
+    assert "received signal 15" in client.get_run(victim.info.run_id).data.tags["failure_reason"]
+    (parent,) = [r for r in every_run if r.data.tags.get("sweep") == "true"]
+    if launcher == "joblib":  # the other worker's job runs on; the launcher reports both
+        assert "Sweep summary: 2 jobs: 1 finished, 0 failed, 1 killed" in output, output[-3000:]
+        assert parent.info.status == "FAILED"
+    else:  # the signal reached the launching process itself: the sweep stops after its summary
+        assert "Sweep summary: 1 jobs: 0 finished, 0 failed, 1 killed" in output, output[-3000:]
+        assert parent.info.status == "KILLED" and sweep.returncode == 128 + signal.SIGTERM
+    assert parent.data.metrics["jobs_killed"] == 1
+    assert "no status" not in output and "RUNNING" not in {r.info.status for r in every_run}
+
+
+def test_runs_orphaned_on_another_host_are_closed_by_their_stale_heartbeat(workdir):
+    client = MlflowClient(store_uri(workdir))
+    experiment_id = client.create_experiment("lenet_sweep")
+    elsewhere = {"host": "node-elsewhere", "pid": "4242"}
+    stale = client.create_run(experiment_id, tags={**elsewhere, "heartbeat": f"{time.time() - 1200:.0f}"})
+    alive = client.create_run(experiment_id, tags={**elsewhere, "heartbeat": f"{time.time():.0f}"})
+
+    result = run_cli(SMALL, workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"run {stale.info.run_id} was left RUNNING (its owner on node-elsewhere (pid 4242) has been silent" in (
+        result.stdout + result.stderr)
+    assert client.get_run(stale.info.run_id).info.status == "KILLED"
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    client.set_terminated(alive.info.run_id, "KILLED")
 
 
 def test_four_parallel_joblib_jobs_into_sqlite(workdir):

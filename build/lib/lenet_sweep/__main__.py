@@ -1,0 +1,119 @@
+"""CLI entry: ``python -m lenet_sweep [-m] key=value ...``.
+
+Hydra composes ``conf/``; this module turns the composed config into the typed
+``Config`` and Hydra's runtime facts into a ``JobContext``, then hands both to
+``job.run_job``. Input errors end the job with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lenet_sweep.config import Config, ConfigError, check_known_keys, one_line, register_configs
+from lenet_sweep.data import DataError
+from lenet_sweep.job import JobContext, JobResult, run_job, run_name
+from lenet_sweep.tracking import TrackingError, flatten
+
+log = logging.getLogger("lenet_sweep")
+INPUT_ERRORS = (ConfigError, DataError, TrackingError)
+
+register_configs()
+
+
+def _parallel_jobs(hydra_cfg) -> int:
+    """How many jobs share this machine's cores, from the launcher's settings."""
+    launcher = hydra_cfg.launcher
+    n_jobs = launcher.get("n_jobs") if "n_jobs" in launcher else None
+    if n_jobs is None:
+        return 1
+    cores = len(os.sched_getaffinity(0))
+    return cores if n_jobs < 0 else n_jobs
+
+
+def job_context() -> JobContext:
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    return JobContext(
+        start_dir=Path(hydra_cfg.runtime.cwd),
+        output_dir=Path(hydra_cfg.runtime.output_dir),
+        overrides=tuple(hydra_cfg.overrides.task),
+        sweep_dir=Path(hydra_cfg.sweep.dir).resolve() if multirun else None,
+        job_num=hydra_cfg.job.num if multirun else None,
+        parallel_jobs=_parallel_jobs(hydra_cfg) if multirun else 1,
+    )
+
+
+def config_dir() -> str:
+    """``conf/``: inside the package in a wheel install, at the top of the repository in a checkout."""
+    package = Path(__file__).resolve().parent
+    packaged = package / "conf"
+    return str(packaged if packaged.is_dir() else package.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
+def main(dict_cfg: DictConfig) -> float | None:
+    ctx = job_context()
+    multirun = ctx.sweep_dir is not None
+    try:
+        check_known_keys(OmegaConf.to_container(dict_cfg))
+        cfg: Config = OmegaConf.to_object(dict_cfg)
+        result = run_job(cfg, flatten(OmegaConf.to_container(dict_cfg, resolve=True)), ctx)
+    except INPUT_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        if not multirun:
+            sys.exit(2)
+        result = JobResult("FAILED", _safe_name(dict_cfg, ctx.overrides), reason=str(error))
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:
+        if not multirun:
+            raise
+        # One failed job must not stop the sweep: record it, let the others run.
+        log.exception("job %s failed", _safe_name(dict_cfg, ctx.overrides))
+        result = JobResult("FAILED", _safe_name(dict_cfg, ctx.overrides), reason=f"{type(error).__name__}: {error}")
+    result.write(ctx.output_dir)
+    return result.test_acc
+
+
+def _safe_name(dict_cfg: DictConfig, overrides: tuple[str, ...]) -> str:
+    try:
+        return run_name(OmegaConf.to_object(dict_cfg), overrides)
+    except Exception:
+        return "invalid-config"
+
+
+def cli() -> None:
+    """Run the Hydra app; a bad override or config group choice exits 2 with one line on stderr."""
+    # Let composition errors reach us instead of Hydra's multi-line report.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        sys.exit(2)
+    except ValueError as error:
+        if not _is_hydra_usage_error(error):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _is_hydra_usage_error(error: ValueError) -> bool:
+    """Hydra checks its command-line flags (``-m --cfg job``) with a plain ValueError of its own."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).match("hydra/_internal/utils.py")
+
+
+if __name__ == "__main__":
+    cli()

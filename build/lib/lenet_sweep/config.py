@@ -1,0 +1,193 @@
+"""Typed schemas for the Hydra config tree in ``conf/``.
+
+YAML groups are merged onto these dataclasses, so a value of the wrong type
+fails at composition time. Range checks run in ``__post_init__`` when the task
+converts its config to objects (``OmegaConf.to_object``), before any data is
+loaded, and name the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional, get_type_hints
+
+from hydra.core.config_store import ConfigStore
+
+MODEL_NAMES = ("lenet", "mlp", "lenet_reg")
+OPTIMIZER_NAMES = ("sgd", "adam")
+DATA_FORMATS = ("idx", "png_dir")
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("off", "bf16")
+
+
+class ConfigError(ValueError):
+    """A config value that is well-typed but out of range; the message names the key."""
+
+
+def _require(condition: bool, key: str, value: Any, expectation: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}={value!r}: {expectation}")
+
+
+@dataclass
+class RegularizationConfig:
+    name: str = "none"
+    # Dropout probability after the last hidden layer's activation; 0 disables it.
+    dropout: float = 0.0
+    batchnorm: bool = False
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.dropout < 1.0, "model.regularization.dropout", self.dropout, "must be in [0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lenet"
+    # Which network to build; lenet_reg is lenet with the dropout_bn regularization.
+    arch: str = "lenet"
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.arch in ("lenet", "mlp"), "model.arch", self.arch, "must be one of lenet, mlp")
+
+
+@dataclass
+class AugConfig:
+    name: str = "none"
+    # Probability of a horizontal flip per training sample; 0 disables augmentation.
+    hflip_p: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.hflip_p <= 1.0, "aug.hflip_p", self.hflip_p, "must be in [0, 1]")
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"
+    lr: float = 0.01
+    # SGD only; Adam keeps its default betas.
+    momentum: Optional[float] = None
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.name in OPTIMIZER_NAMES, "optimizer.name", self.name, "must be one of sgd, adam")
+        _require(self.lr > 0, "optimizer.lr", self.lr, "must be > 0")
+        if self.name == "adam":
+            _require(self.momentum is None, "optimizer.momentum", self.momentum, "applies to sgd only")
+        else:
+            momentum = self.momentum or 0.0
+            _require(0.0 <= momentum < 1.0, "optimizer.momentum", self.momentum, "must be in [0, 1)")
+        _require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    format: str = "idx"
+    # Directory holding the four MNIST IDX files (gzip'd or not); relative paths are
+    # taken from the directory the command was started in.
+    root: str = "data"
+    download: bool = False
+    train_dir: Optional[str] = None
+    test_dir: Optional[str] = None
+    train_limit: Optional[int] = None
+    test_limit: Optional[int] = None
+    # Seed of the class-balanced subset; fixed so every run of a sweep sees the same subset.
+    subset_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.format in DATA_FORMATS, "data.format", self.format, "must be one of idx, png_dir")
+        for key in ("train_limit", "test_limit"):
+            limit = getattr(self, key)
+            _require(limit is None or limit >= 10, f"data.{key}", limit, "must be null or >= 10 (one per class)")
+        if self.format == "png_dir":
+            _require(self.train_dir is not None, "data.train_dir", None, "is required with data.format=png_dir")
+            _require(self.test_dir is not None, "data.test_dir", None, "is required with data.format=png_dir")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 15
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    # Torch intra-op threads; 0 lets the runner choose (cores / parallel jobs).
+    threads: int = 0
+    amp: str = "off"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", self.epochs, "must be a positive integer")
+        _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be a positive integer")
+        _require(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, "must be a positive integer")
+        _require(self.threads >= 0, "train.threads", self.threads, "must be >= 0 (0 = automatic)")
+        _require(self.amp in AMP_MODES, "train.amp", self.amp, "must be one of off, bf16")
+
+
+@dataclass
+class MlflowConfig:
+    # null: MLFLOW_TRACKING_URI, else sqlite:///<start dir>/outputs/mlflow.db
+    tracking_uri: Optional[str] = None
+    experiment: str = "lenet_sweep"
+
+    def __post_init__(self) -> None:
+        _require(bool(self.experiment), "mlflow.experiment", self.experiment, "must not be empty")
+
+
+@dataclass
+class SweepConfig:
+    # Skip a job whose config fingerprint already has a FINISHED run in the experiment.
+    skip_finished: bool = True
+    # Continue a KILLED/FAILED/RUNNING run with the same fingerprint from its checkpoint.
+    resume: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _require(self.device in DEVICES, "device", self.device, "must be one of auto, cpu, cuda")
+
+
+def check_known_keys(values: Mapping[str, Any], schema: type = Config, prefix: str = "") -> None:
+    """Raise ``ConfigError`` naming the first key of ``values`` that no field of ``schema`` reads.
+
+    Hydra's ``+key=value`` adds keys even to a typed config, and converting to
+    the dataclasses would silently drop them: a misspelt ``+train.epoch=3``
+    would train with the default.
+    """
+    hints = get_type_hints(schema)
+    fields = {f.name for f in dataclasses.fields(schema)}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"{path}: unknown key, nothing reads it (`python -m lenet_sweep --cfg job` lists the keys)")
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, Mapping):
+            check_known_keys(value, hints[key], f"{path}.")
+
+
+def one_line(error: BaseException) -> str:
+    """Hydra's multi-line composition errors as one line: what failed, why, and the valid options."""
+    text = str(error)
+    if error.__cause__ is not None:
+        text = text.split("\n\n")[0] + "\n" + str(error.__cause__)
+    headline = [line.strip() for line in text.split("\n\n")[0].splitlines() if line and not line[0].isspace()]
+    options = re.search(r"Available options in '[^']+':\n((?:\t.*\n?)+)", text)
+    if options:
+        headline.append("choose from " + ", ".join(o.strip() for o in options.group(1).splitlines()))
+    return ": ".join(headline)
+
+
+def register_configs() -> None:
+    """Register the schema that ``conf/config.yaml`` extends, so every merge is type-checked."""
+    ConfigStore.instance().store(name="base_config", node=Config)

@@ -1,0 +1,323 @@
+"""Compare configurations across seeds from the MLflow store: ``python -m lenet_sweep.report``.
+
+Reads an experiment's job runs (FINISHED only unless ``--include-failed``; a sweep's
+parent run is never a row), groups them into configurations, and writes into
+``--out`` (default ``outputs/report/``) ``table.md``/``table.csv`` (metrics at one
+epoch, mean and sample std over seeds), learning-curve PNGs and ``report.md``, which
+adds per-layer parameter tables and a findings paragraph. The markdown table also
+goes to stdout. Input problems (store, experiment, no matching runs, a bad option)
+print one ``error:`` line on stderr and exit 2.
+
+This module gathers and aggregates; ``figures`` renders (matplotlib is imported only there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+from lenet_sweep import tracking
+
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+ALL_METRICS = METRICS + ("epoch_seconds",)
+SECTION_ORDER = ("model", "aug", "optimizer", "train", "data", "device")
+NOT_CONFIG = ("seed", "n_params")
+LABEL_KEYS = ("model.name", "aug.name")  # the columns shown when no config param varies
+FAILED_STATUSES = ("FAILED", "KILLED")
+DEFAULT_OUT = Path("outputs") / "report"
+
+
+class ReportError(RuntimeError):
+    """Nothing to report (no experiment, no matching runs, a bad option); the message says which."""
+
+
+@dataclass
+class Report:
+    """What ``build_report`` made: the numeric table (one row per configuration) and the files written."""
+
+    table: pd.DataFrame
+    group_by: list[str]
+    markdown_table: str
+    findings: str
+    out_dir: Path
+    files: list[Path]
+    mixed: list[str]  # config params that differ inside a row (an explicit --group-by left them out)
+
+
+# --- gathering -------------------------------------------------------------------------
+
+def open_store(tracking_uri: str) -> tracking.MlflowClient:
+    """A client for an existing store; ``TrackingError`` naming the URI otherwise (a store is never created)."""
+    for prefix in ("sqlite:///", "file://"):
+        if tracking_uri.startswith(prefix) and not Path(tracking_uri.removeprefix(prefix)).exists():
+            raise tracking.TrackingError(f"MLflow store {tracking_uri} does not exist (no runs were logged there)")
+    tracking.check_reachable(tracking_uri, timeout_seconds=5.0)
+    return tracking.MlflowClient(tracking_uri)
+
+
+def find_experiment(client: tracking.MlflowClient, name: str) -> str:
+    """The id of experiment ``name``; ``ReportError`` naming it and the store when it is missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        known = ", ".join(sorted(e.name for e in client.search_experiments()))
+        raise ReportError(f"experiment '{name}' not found in {client.tracking_uri} (experiments there: {known or 'none'})")
+    return experiment.experiment_id
+
+
+def select_runs(client, experiment_id: str, filter_string: Optional[str], include_failed: bool):
+    """The experiment's job runs matching the filter: FINISHED, plus FAILED/KILLED with ``include_failed``.
+
+    Returns ``(runs, left_out)``: ``left_out`` counts the FAILED/KILLED runs not selected.
+    """
+    runs, token = [], None
+    while True:
+        try:
+            page = client.search_runs([experiment_id], filter_string or "", max_results=1000, page_token=token)
+        except MlflowException as error:
+            if not filter_string or error.error_code != "INVALID_PARAMETER_VALUE":
+                raise
+            raise ReportError(f"--filter \"{filter_string}\": {error.message.splitlines()[0]}") from None
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    jobs = [r for r in runs if r.data.tags.get("sweep") != "true"]
+    selected = [r for r in jobs if r.info.status in ("FINISHED",) + (FAILED_STATUSES if include_failed else ())]
+    left_out = 0 if include_failed else sum(r.info.status in FAILED_STATUSES for r in jobs)
+    if not selected:
+        name = client.get_experiment(experiment_id).name
+        where = f" matching filter \"{filter_string}\"" if filter_string else ""
+        hint = f" ({left_out} FAILED/KILLED; add --include-failed to report them)" if left_out else ""
+        raise ReportError(f"no {'' if include_failed else 'FINISHED '}runs in experiment '{name}'{where}{hint}")
+    return selected, left_out
+
+
+def load_histories(client, runs) -> pd.DataFrame:
+    """One row per (run, epoch) with every per-epoch metric; a step logged twice keeps its latest value."""
+    rows = [
+        (run.info.run_id, m.step, key, m.value, m.timestamp)
+        for run in runs for key in ALL_METRICS for m in client.get_metric_history(run.info.run_id, key)
+    ]
+    frame = pd.DataFrame(rows, columns=["run_id", "epoch", "metric", "value", "timestamp"])
+    frame = frame.sort_values("timestamp").drop_duplicates(["run_id", "epoch", "metric"], keep="last")
+    wide = frame.pivot(index=["run_id", "epoch"], columns="metric", values="value").reset_index()
+    return wide.reindex(columns=["run_id", "epoch", *ALL_METRICS])
+
+
+# --- grouping and aggregation ----------------------------------------------------------
+
+def is_bookkeeping(key: str) -> bool:
+    """Params that say where or how a run ran, not what it computed (the runner's fingerprint rule)."""
+    return key.startswith("hydra") or any(key == ex or key.startswith(ex + ".") for ex in tracking.FINGERPRINT_EXCLUDED)
+
+
+def _readability(key: str) -> tuple:
+    section = key.split(".")[0]
+    rank = SECTION_ORDER.index(section) if section in SECTION_ORDER else len(SECTION_ORDER)
+    return (not key.endswith(".name"), key.count("."), rank, key)
+
+
+def splitting_keys(params: pd.DataFrame, keys: Sequence[str] = ()) -> list[str]:
+    """Config params (not seed, not bookkeeping) that split the groups ``keys`` form, most readable first.
+
+    Candidates are taken in order of readability (``*.name`` keys, shallow keys, config order)
+    and kept only if they split a group the keys so far form, so ``model.arch`` and
+    ``model.regularization.*`` disappear behind ``model.name`` when they vary along with it.
+    """
+    candidates = sorted(
+        (k for k in params.columns if k not in NOT_CONFIG and not is_bookkeeping(k) and params[k].nunique() > 1),
+        key=_readability,
+    )
+    kept, added = list(keys), []
+    for key in (k for k in candidates if k not in keys):
+        if params.groupby(kept + [key]).ngroups > (params.groupby(kept).ngroups if kept else 1):
+            kept.append(key)
+            added.append(key)
+    return added
+
+
+def default_group_by(params: pd.DataFrame) -> list[str]:
+    """The default ``--group-by``: the config params that vary, minus seed, bookkeeping and redundant keys."""
+    return splitting_keys(params)
+
+
+def _label(row: pd.Series, keys: Sequence[str]) -> str:
+    parts = [str(row[k]) if k.endswith(".name") else f"{k.split('.')[-1]}={row[k]}" for k in keys]
+    return " · ".join(parts) or "all runs"
+
+
+def _n_params(values: pd.Series):
+    distinct = sorted({int(float(v)) for v in values.dropna()})
+    return distinct[0] if len(distinct) == 1 else "/".join(map(str, distinct)) or None
+
+
+def aggregate(frame: pd.DataFrame, hist: pd.DataFrame, group_by: list[str], epoch: Optional[int]):
+    """The per-configuration table (best test accuracy first) and each configuration's mean/std curves.
+
+    ``frame``: one row per run (index run_id) with params and ``status``; ``hist``: ``load_histories``.
+    Row values are taken at ``epoch`` (``None``: each run's last logged epoch).
+    """
+    frame = frame.assign(label=[_label(row, group_by) for _, row in frame.iterrows()])
+    last = hist.dropna(subset=["test_acc"]).groupby("run_id")["epoch"].max()
+    chosen = (last if epoch is None else pd.Series(epoch, index=frame.index)).rename("epoch")
+    at = frame[["label"]].join(chosen).reset_index().merge(hist, on=["run_id", "epoch"], how="left").set_index("run_id")
+    rows, curves = [], {}
+    for label, members in frame.groupby("label", sort=False):
+        values = at.loc[members.index]
+        epochs = values["epoch"][values["test_acc"].notna()]
+        row = {k: members[k].iloc[0] for k in group_by}
+        row.update(label=label, n_params=_n_params(members["n_params"]), seeds=len(members),
+                   failed=int(members["status"].isin(FAILED_STATUSES).sum()),
+                   epoch=epochs.max(), epochs_differ=epochs.nunique() > 1)
+        for key in METRICS:
+            row[f"{key}_mean"], row[f"{key}_std"] = values[key].mean(), values[key].std(ddof=1)
+        row["test_acc_n"] = int(values["test_acc"].count())
+        runs_hist = hist[hist["run_id"].isin(members.index)]
+        curve = runs_hist.groupby("epoch")[list(ALL_METRICS)].agg(["mean", "std"])
+        curve.columns = [m if stat == "mean" else f"{m}_std" for m, stat in curve.columns]
+        curve = curve.reset_index()
+        best = curve.loc[curve["test_acc"].idxmax()] if curve["test_acc"].notna().any() else {}
+        for key, column in (("best_test_acc", "test_acc"), ("best_test_acc_std", "test_acc_std"), ("best_epoch", "epoch")):
+            row[key] = best.get(column, math.nan)
+        row["epoch_seconds_mean"] = runs_hist["epoch_seconds"].mean()
+        rows.append(row)
+        curves[label] = curve
+    table = pd.DataFrame(rows).sort_values("test_acc_mean", ascending=False, na_position="last", kind="stable")
+    table[["epoch", "best_epoch"]] = table[["epoch", "best_epoch"]].astype("Int64")
+    return table.reset_index(drop=True), curves
+
+
+def welch_test(diff: float, sa: float, na: int, sb: float, nb: int) -> tuple[float, float, Optional[float]]:
+    """Welch's two-sample t-test of a difference of means: ``(t, df, two-sided p)``; p is None without SciPy."""
+    se = math.sqrt(sa**2 / na + sb**2 / nb)
+    t = diff / se
+    df = se**4 / ((sa**2 / na) ** 2 / (na - 1) + (sb**2 / nb) ** 2 / (nb - 1))
+    try:
+        from scipy.special import stdtr  # Student's t CDF; SciPy comes with MLflow
+    except ImportError:
+        return t, df, None
+    return t, df, 2 * float(stdtr(df, -abs(t)))
+
+
+# --- the report ------------------------------------------------------------------------
+
+def build_report(client, experiment_id: str, out_dir: Path, *, filter_string: Optional[str] = None,
+                 group_by: Optional[list[str]] = None, epoch: Optional[int] = None,
+                 include_failed: bool = False) -> Report:
+    """Build the report of the experiment's runs matching ``filter_string`` into ``out_dir``.
+
+    For a sweep's own jobs pass ``filter_string=run_ids_filter(ids)`` (skipped jobs included)
+    or ``f"tags.mlflow.parentRunId = '{parent_id}'"``. ``group_by=None`` picks the keys
+    (``default_group_by``); ``epoch=None`` takes each run's last logged epoch.
+    Raises ``ReportError`` when there is nothing to report.
+    """
+    from lenet_sweep import figures  # matplotlib, and torch for the parameter tables, only from here on
+
+    runs, left_out = select_runs(client, experiment_id, filter_string, include_failed)
+    frame = pd.DataFrame([r.data.params for r in runs], index=[r.info.run_id for r in runs]).fillna("(unset)")
+    frame.index.name = "run_id"
+    unknown = [k for k in group_by or [] if k not in frame.columns]
+    if unknown:
+        raise ReportError(f"--group-by {','.join(unknown)}: not a param of the selected runs")
+    keys = list(group_by) if group_by is not None else default_group_by(frame) or [k for k in LABEL_KEYS if k in frame]
+    mixed = splitting_keys(frame, keys)
+    frame["n_params"] = frame.get("n_params", pd.Series(None, index=frame.index)).replace("(unset)", None)
+    frame["status"] = [r.info.status for r in runs]
+    hist = load_histories(client, runs)
+    if epoch is not None and not (hist["epoch"] == epoch).any():
+        span = f"{hist['epoch'].min()}–{hist['epoch'].max()}" if len(hist) else "none"
+        raise ReportError(f"--epoch {epoch}: no selected run logged that epoch (epochs logged: {span})")
+    table, curves = aggregate(frame, hist, keys, epoch)
+    epochs = table["epoch"].dropna()
+    if epoch is not None:
+        at = f"epoch {epoch}"
+    elif epochs.nunique() == 1 and not table["epochs_differ"].any():
+        at = f"the last epoch ({epochs.iloc[0]})"
+    else:
+        at = "each run's last logged epoch (* where a configuration's runs differ)"
+    text, table_md = figures.findings(table, at), figures.markdown_table(table, keys, include_failed)
+    where = f" matching `{filter_string}`" if filter_string else ""
+    failed = int(table["failed"].sum())
+    statuses = f"runs ({len(runs) - failed} FINISHED, {failed} FAILED/KILLED)" if include_failed else "FINISHED runs"
+    excluded = f" ({left_out} FAILED/KILLED left out)" if left_out else ""
+    summary = (f"{len(runs)} {statuses}{excluded} of experiment `{client.get_experiment(experiment_id).name}`"
+               f"{where} in `{client.tracking_uri}`, grouped by {', '.join(f'`{k}`' for k in keys) or 'nothing'}; "
+               f"values at {at}." + (f" Rows mix runs that differ in {', '.join(mixed)}." if mixed else ""))
+    out_dir = Path(out_dir)
+    written = figures.write_figures(out_dir, list(zip(table["label"], table["seeds"])), curves)
+    files = [out_dir / name for name in [*written.values(), "overview_test_acc.png"]]
+    files += figures.write_tables_and_page(out_dir, table, table_md, summary, text, written, frame)
+    return Report(table, keys, table_md, text, out_dir, files, mixed)
+
+
+def run_ids_filter(run_ids: Sequence[str]) -> str:
+    """An MLflow filter selecting exactly these runs (e.g. a sweep's jobs, skipped ones included)."""
+    return "attributes.run_id IN (" + ", ".join(f"'{i}'" for i in run_ids) + ")"
+
+
+# --- command line ----------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, like every other input error
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _epoch(text: str) -> Optional[int]:
+    if text == "last":
+        return None
+    if not re.fullmatch(r"[1-9][0-9]*", text):
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'last', not {text!r}")
+    return int(text)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line; see ``python -m lenet_sweep.report --help``."""
+    p = _Parser(prog="python -m lenet_sweep.report",
+                description="Compare an experiment's configurations across seeds: table, learning curves, report.md.")
+    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/outputs/mlflow.db)")
+    p.add_argument("--experiment", default="lenet_sweep", help="experiment name (default: lenet_sweep)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: outputs/report/)")
+    p.add_argument("--group-by", help="comma-separated param keys (default: the config params that vary, "
+                                      "minus seed, paths/bookkeeping and keys that vary along with another)")
+    p.add_argument("--filter", help="MLflow search filter, e.g. \"params.model.name = 'mlp'\"")
+    p.add_argument("--epoch", type=_epoch, default=None, help="epoch whose values fill the table (default: last)")
+    p.add_argument("--include-failed", action="store_true", help="also report FAILED and KILLED runs")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Print the markdown table and write the report; 2 with one ``error:`` line on stderr on bad input."""
+    args = parse_args(argv)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    uri = tracking.resolve_tracking_uri(args.tracking_uri, Path.cwd())
+    group_by = [k.strip() for k in args.group_by.split(",") if k.strip()] if args.group_by else None
+    try:
+        client = open_store(uri)
+        experiment_id = find_experiment(client, args.experiment)
+        report = build_report(client, experiment_id, args.out, filter_string=args.filter, group_by=group_by,
+                              epoch=args.epoch, include_failed=args.include_failed)
+    except (ReportError, tracking.TrackingError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except MlflowException as error:
+        print(f"error: MLflow store {uri}: {str(error.message).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(report.markdown_table)
+    if report.mixed:
+        print(f"note: rows mix runs that differ in {', '.join(report.mixed)}", file=sys.stderr)
+    print(f"wrote {report.out_dir / 'report.md'} and {len(report.files) - 1} files beside it", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Processes started on loopback for tests, benchmarks and docs: ``mlflow server``/``ui`` and headless Chromium.
+
+Each runs in its own session, so stopping it stops exactly the processes it
+started (web workers included), by process group id; never a kill by name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Optional, Sequence
+
+# A fresh, quiet headless Chromium that runs as root and never reaches beyond loopback.
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-quic",
+)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout_seconds: float = 120) -> None:
+    """Return once ``url`` answers; raise if ``process`` exits first or the time runs out."""
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[:4]} exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout_seconds} s")
+
+
+def start_mlflow(
+    command: str,
+    backend_store_uri: str,
+    port: int,
+    log_path: Path,
+    extra_args: Sequence[str] = (),
+    env: Optional[dict] = None,
+) -> tuple[subprocess.Popen, str]:
+    """Start ``mlflow server`` or ``mlflow ui`` on 127.0.0.1:``port`` with one web worker and no
+    background job runner, wait until it is healthy; return (process, base URL)."""
+    env = dict(os.environ if env is None else env, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", command, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", backend_store_uri, *extra_args],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{uri}/health", process)
+    except BaseException:
+        stop_process_group(process)
+        raise
+    return process, uri
+
+
+def start_mlflow_server(
+    backend_store_uri: str, artifacts_dir: Path, port: int, log_path: Path, env: Optional[dict] = None
+) -> tuple[subprocess.Popen, str]:
+    """A tracking server that also serves artifacts from ``artifacts_dir``."""
+    return start_mlflow("server", backend_store_uri, port, log_path, ["--artifacts-destination", str(artifacts_dir)], env)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies don't count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def stop_process_group(process: subprocess.Popen, grace_seconds: float = 15) -> None:
+    """Stop the process we started and its whole group: SIGTERM, then SIGKILL after ``grace_seconds``."""
+    pgid = process.pid  # started with start_new_session: the leader's pid is the group id
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace_seconds
+    while (process.poll() is None or _group_alive(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if process.poll() is None or _group_alive(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+def find_chromium() -> Optional[str]:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def run_chromium(args: Sequence[str], profile: Path, timeout_seconds: float = 60) -> str:
+    """Run headless Chromium with a fresh profile and ``args``; return its stdout ('' on timeout)."""
+    browser = subprocess.Popen(
+        [find_chromium() or "chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+    try:
+        out, _ = browser.communicate(timeout=timeout_seconds)
+    except subprocess.TimeoutExpired:
+        out = ""
+    finally:
+        stop_process_group(browser, grace_seconds=2)
+    return out

@@ -1,0 +1,237 @@
+"""MLflow bookkeeping: where runs go, how they are found again, and how they end.
+
+Everything goes through ``MlflowClient`` with explicit run ids rather than the
+fluent API's process-global active run, so joblib workers, SLURM jobs and the
+launching process can each address the runs they own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NAME,
+    MLFLOW_SOURCE_NAME,
+)
+
+DEFAULT_STORE = Path("outputs") / "mlflow.db"
+FINGERPRINT_TAG = "config_fingerprint"
+FAILURE_TAG = "failure_reason"
+CHECKPOINT_TAG = "checkpoint_path"
+# Which process owns a RUNNING run, so that a later launch on the same host can tell a dead owner.
+HOST_TAG = "host"
+PID_TAG = "pid"
+# Config keys that say where things are or how they are run, not what is computed.
+FINGERPRINT_EXCLUDED = ("mlflow", "sweep", "data.root", "data.download", "data.train_dir", "data.test_dir", "train.threads")
+PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message names the URI."""
+
+
+def resolve_tracking_uri(configured: Optional[str], start_dir: Path) -> str:
+    """``configured`` if set, else ``MLFLOW_TRACKING_URI``, else the project's SQLite store under ``start_dir``."""
+    if configured:
+        return configured
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env:
+        return from_env
+    return "sqlite:///" + str((start_dir / DEFAULT_STORE).resolve())
+
+
+def default_artifact_location(tracking_uri: str) -> Optional[str]:
+    """Artifacts of a SQLite store go beside the database (``outputs/mlartifacts`` for the default store).
+
+    Other stores (a tracking server, a file store) decide their own.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db_path = Path(tracking_uri.removeprefix("sqlite:///"))
+    return (db_path.parent / "mlartifacts").resolve().as_uri()
+
+
+def _is_file_store(tracking_uri: str) -> bool:
+    """MLflow reads ``file:`` URIs and bare paths as its old file store."""
+    return urllib.parse.urlparse(tracking_uri).scheme in ("", "file")
+
+
+def check_reachable(tracking_uri: str, timeout_seconds: float = 5.0) -> None:
+    """Fail fast, naming the URI, when the store cannot be used (MLflow itself retries for minutes)."""
+    if _is_file_store(tracking_uri):
+        raise TrackingError(
+            f"MLflow store {tracking_uri}: file stores are not supported by this MLflow; use "
+            "sqlite:///<dir>/mlflow.db (`mlflow migrate-filestore` moves existing runs into one)"
+        )
+    if tracking_uri.startswith(("http://", "https://")):
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_seconds) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise TrackingError(f"MLflow tracking server {tracking_uri} is unreachable: {reason}") from None
+    elif tracking_uri.startswith("sqlite:///"):
+        db_path = Path(tracking_uri.removeprefix("sqlite:///"))
+        try:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TrackingError(f"MLflow store {tracking_uri}: cannot create {db_path.parent}: {error}") from None
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: Optional[str]) -> str:
+    """The id of experiment ``name``, created if missing (safe when parallel jobs race to create it)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_fingerprint(flat_config: Mapping[str, Any]) -> str:
+    """A short hash of what a run computes: the resolved config minus paths and launcher settings."""
+    kept = {
+        key: value
+        for key, value in flat_config.items()
+        if not any(key == ex or key.startswith(ex + ".") for ex in FINGERPRINT_EXCLUDED)
+    }
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def git_commit(directory: Path) -> Optional[str]:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def find_runs(client: MlflowClient, experiment_id: str, fingerprint: str, statuses: Iterable[str]):
+    """Runs of the experiment with this fingerprint and one of ``statuses``, newest first."""
+    wanted = set(statuses)
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.{FINGERPRINT_TAG} = '{fingerprint}'",
+        order_by=["attributes.start_time DESC"],
+    )
+    return [run for run in runs if run.info.status in wanted]
+
+
+def owner_tags() -> dict[str, str]:
+    """Host and process id of the caller, recorded on every run it starts or resumes."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    try:  # a zombie has exited; only its parent has not reaped it yet
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """End as KILLED the experiment's RUNNING runs whose owning process on this host is gone; their ids.
+
+    A SIGKILLed process (out of memory, ``kill -9``) cannot close its own run.
+    Runs owned by another host are left alone: their process cannot be checked
+    from here. A closed job run stays resumable from its checkpoint.
+    """
+    host = socket.gethostname()
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.{HOST_TAG} = '{host}'"
+    )
+    closed = []
+    for run in runs:
+        pid = run.data.tags.get(PID_TAG, "")
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            end_run(client, run.info.run_id, "KILLED", f"its process {pid} on {host} ended without closing it")
+            closed.append(run.info.run_id)
+    return closed
+
+
+def start_run(
+    client: MlflowClient,
+    experiment_id: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    parent_run_id: Optional[str] = None,
+) -> str:
+    """Create a RUNNING run (a child of ``parent_run_id`` when given) and return its id."""
+    all_tags = {MLFLOW_RUN_NAME: run_name, MLFLOW_SOURCE_NAME: "lenet_sweep", **owner_tags(), **tags}
+    if parent_run_id:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    return client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    items = [Param(key, "None" if value is None else str(value)) for key, value in params.items()]
+    for start in range(0, len(items), PARAM_BATCH):
+        client.log_batch(run_id, params=items[start : start + PARAM_BATCH])
+
+
+def log_metrics(client: MlflowClient, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
+    """All ``metrics`` at ``step`` in one request (for a job's epochs, step = epoch)."""
+    timestamp_ms = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, value, timestamp_ms, step) for key, value in metrics.items()])
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+
+def end_run(client: MlflowClient, run_id: str, status: str, reason: Optional[str] = None) -> None:
+    """Mark the run FINISHED, FAILED or KILLED, recording ``reason`` as a tag when given."""
+    if reason:
+        # MLflow caps tag values; the start of the message says what happened.
+        client.set_tag(run_id, FAILURE_TAG, reason[:4000])
+    client.set_terminated(run_id, status=status)
+
+
+def tags_for_job(override_string: str, sweep_dir: Optional[str], job_num: Optional[int], commit: Optional[str]):
+    tags = {"hydra.overrides": override_string or "(defaults)"}
+    if sweep_dir is not None:
+        tags["hydra.sweep_dir"] = sweep_dir
+        tags["hydra.job_num"] = str(job_num)
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
