@@ -1,5 +1,6 @@
 """The tool as a user installs it: a built wheel, apart from the checkout, run from an empty directory."""
 
+import shutil
 import subprocess
 import sys
 
@@ -13,10 +14,15 @@ pytestmark = pytest.mark.slow  # builds and installs a wheel, runs the CLI from 
 @pytest.fixture(scope="module")
 def installed_wheel(tmp_path_factory) -> str:
     """The project's wheel installed with ``pip install --target`` into a fresh directory; that directory."""
+    source = tmp_path_factory.mktemp("source")  # setuptools builds in the source tree: a copy keeps the checkout clean
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source)
+    for name in ("lenet_sweep", "conf"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     wheel_dir = tmp_path_factory.mktemp("wheel")
     site = tmp_path_factory.mktemp("site")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheel_dir, REPO],
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheel_dir, source],
                    check=True, capture_output=True, timeout=300)
     (wheel,) = wheel_dir.glob("lenet_sweep-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", site, wheel], check=True, capture_output=True, timeout=300)
