@@ -23,9 +23,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lenet_sweep.config import Config, ConfigError, check_known_keys, one_line, register_configs
 from lenet_sweep.data import DataError
-from lenet_sweep.job import JobContext, JobResult, Terminated, run_job, run_name, sigterm_as_interrupt
+from lenet_sweep import identity
+from lenet_sweep.job import JobContext, JobResult, Requeued, Terminated, run_job, signals_as_interrupts
+from lenet_sweep.plan import PlannedJob, print_plan
 from lenet_sweep.sweep import in_launching_process
-from lenet_sweep.tracking import TrackingError, flatten
+from lenet_sweep.tracking import TrackingError, resolve_tracking_uri
 
 log = logging.getLogger("lenet_sweep")
 INPUT_ERRORS = (ConfigError, DataError, TrackingError)
@@ -68,10 +70,13 @@ def main(dict_cfg: DictConfig) -> float | None:
     ctx = job_context()
     multirun = ctx.sweep_dir is not None
     try:
-        with sigterm_as_interrupt():
+        with signals_as_interrupts():
             check_known_keys(OmegaConf.to_container(dict_cfg))
             cfg: Config = OmegaConf.to_object(dict_cfg)
-            result = run_job(cfg, flatten(OmegaConf.to_container(dict_cfg, resolve=True)), ctx)
+            if cfg.sweep.plan and not multirun:  # a multirun's plan is printed before any job starts
+                sys.exit(print_plan(resolve_tracking_uri(cfg.mlflow.tracking_uri, ctx.start_dir), cfg.mlflow.experiment,
+                                    [PlannedJob.of(cfg, ctx.overrides)], cfg.sweep.orphan_after_minutes))
+            result = run_job(cfg, ctx)
     except INPUT_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         if not multirun:
@@ -83,6 +88,8 @@ def main(dict_cfg: DictConfig) -> float | None:
             "KILLED", _safe_name(dict_cfg, ctx.overrides), reason=f"interrupted: {interrupt or 'Ctrl-C'}"
         )
         result.write(ctx.output_dir)
+        if isinstance(interrupt, Requeued):
+            raise SystemExit(-1) from None  # leave no result behind: the launcher waits for the requeued job
         if not multirun or in_launching_process():
             raise  # stop here: the sweep in this process ends, and its summary says what ran
         return None  # a launcher's worker: report back, so the sweep's summary counts the job KILLED
@@ -98,7 +105,7 @@ def main(dict_cfg: DictConfig) -> float | None:
 
 def _safe_name(dict_cfg: DictConfig, overrides: tuple[str, ...]) -> str:
     try:
-        return run_name(OmegaConf.to_object(dict_cfg), overrides)
+        return identity.run_name(OmegaConf.to_object(dict_cfg), overrides)
     except Exception:
         return "invalid-config"
 

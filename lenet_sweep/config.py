@@ -20,6 +20,8 @@ OPTIMIZER_NAMES = ("sgd", "adam")
 DATA_FORMATS = ("idx", "png_dir")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("off", "bf16")
+SKIP_FINISHED_MODES = ("config", "code", "never")
+SKIP_FINISHED_ALIASES = {"true": "config", "false": "never"}
 
 
 class ConfigError(ValueError):
@@ -136,8 +138,12 @@ class MlflowConfig:
 
 @dataclass
 class SweepConfig:
-    # Skip a job whose config fingerprint already has a FINISHED run in the experiment.
-    skip_finished: bool = True
+    # Skip a job that already has a FINISHED run in the experiment with the same config and data
+    # (`config`), and also the same commit, both trees clean (`code`), or never skip (`never`).
+    # true/false, the older spelling, mean config/never.
+    skip_finished: str = "config"
+    # Print what each job of the sweep would do (skip, new, resume) and exit, creating no run.
+    plan: bool = False
     # Continue a KILLED/FAILED run with the same fingerprint from its checkpoint.
     resume: bool = True
     # A RUNNING run owned by another host counts as orphaned (and is closed KILLED) once its
@@ -145,6 +151,9 @@ class SweepConfig:
     orphan_after_minutes: float = 10.0
 
     def __post_init__(self) -> None:
+        self.skip_finished = SKIP_FINISHED_ALIASES.get(str(self.skip_finished).lower(), self.skip_finished)
+        _require(self.skip_finished in SKIP_FINISHED_MODES, "sweep.skip_finished", self.skip_finished,
+                 "must be one of config, code, never (or true/false)")
         _require(self.orphan_after_minutes >= 2, "sweep.orphan_after_minutes", self.orphan_after_minutes,
                  "must be >= 2 (heartbeats come every minute)")
 

@@ -19,18 +19,18 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from lenet_sweep import tracking
+from lenet_sweep import identity, tracking
 from lenet_sweep.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from lenet_sweep.config import Config
 from lenet_sweep.data import load_mnist, to_model_input
 from lenet_sweep.models import build_model, count_parameters, format_parameter_table
+from lenet_sweep.plan import Decision, decide
+from lenet_sweep.provenance import Provenance, code_version
 from lenet_sweep.train import DeviceData, EpochMetrics, fit, make_optimizer
 
 log = logging.getLogger(__name__)
 STATUS_FILE = "job_status.json"
 PARENT_RUN_FILE = "mlflow_parent_run.json"
-# A RUNNING run has a live owner: orphans are closed (KILLED) before jobs look for runs to continue.
-RESUMABLE = ("FAILED", "KILLED")
 
 
 class Terminated(KeyboardInterrupt):
@@ -59,29 +59,6 @@ class JobResult:
 
     def write(self, directory: Path) -> None:
         (directory / STATUS_FILE).write_text(json.dumps(asdict(self)))
-
-
-# Overrides that say where or how a job runs rather than what it computes (the fingerprint's
-# exclusions, plus what the name shows anyway or does not change the numbers); run names leave them out.
-NAME_EXCLUDED_PREFIXES = (*tracking.FINGERPRINT_EXCLUDED, "hydra.", "data.format", "train.compile", "device", "seed")
-
-
-def run_name(cfg: Config, overrides: tuple[str, ...] = ()) -> str:
-    """A name a person can read in the MLflow UI, e.g. ``lenet_reg·flip·sgd·s0``.
-
-    Overridden settings that change what is computed are appended by their last
-    key, so an lr sweep's runs read ``lenet·none·sgd·s0·lr=0.1``; config group
-    choices (``model=mlp``) already show in the first parts.
-    """
-    model = cfg.model.name
-    if cfg.model.regularization.name != "none" and cfg.model.name == cfg.model.arch:
-        model += f"+{cfg.model.regularization.name}"
-    parts = [model, cfg.aug.name, cfg.optimizer.name, f"s{cfg.seed}"]
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if "." in key and not key.startswith(NAME_EXCLUDED_PREFIXES):
-            parts.append(f"{key.rsplit('.', 1)[1]}={value}")
-    return "·".join(parts)
 
 
 def pick_device(requested: str) -> torch.device:
@@ -118,14 +95,38 @@ def raise_terminated(signum, frame):
     raise Terminated(f"received signal {signum}")
 
 
+class Requeued(KeyboardInterrupt):
+    """SLURM preempted the job or its time ran out, and submitit requeued it: it resumes from its checkpoint."""
+
+
 @contextmanager
-def sigterm_as_interrupt():
-    """Inside, SIGTERM raises ``Terminated``, so the job can close its run KILLED and say so."""
-    previous_handler = signal.signal(signal.SIGTERM, raise_terminated)
+def signals_as_interrupts():
+    """Inside, SIGTERM raises ``Terminated``, and submitit's requeue on SIGUSR2 raises ``Requeued``.
+
+    Either way the job closes its run KILLED and says why. submitit's own USR2
+    handler (checkpoint, ``scontrol requeue``, exit) still does the requeueing.
+    """
+    previous_term = signal.signal(signal.SIGTERM, raise_terminated)
+    previous_usr2 = signal.getsignal(signal.SIGUSR2)
+    if callable(previous_usr2):
+        def requeue(signum, frame):
+            # `scontrol requeue` stops this run of the job with SIGTERM: that is the requeue, not a cancel.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                previous_usr2(signum, frame)
+            except SystemExit:  # requeued: the process must end now, as submitit meant it to
+                raise Requeued("preempted or out of time; SLURM requeued the job, which resumes the run") from None
+            except BaseException:  # not requeued (out of time too often): a SIGTERM is a cancel again
+                signal.signal(signal.SIGTERM, raise_terminated)
+                raise
+
+        signal.signal(signal.SIGUSR2, requeue)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        signal.signal(signal.SIGTERM, previous_term)
+        if callable(previous_usr2):
+            signal.signal(signal.SIGUSR2, previous_usr2)
 
 
 def _progress_factory(enabled: bool):
@@ -173,19 +174,6 @@ def _close_orphans(client, experiment_id: str, orphan_after_minutes: float) -> N
         log.warning("run %s was left RUNNING (%s); marked KILLED", run_id, reason)
 
 
-def _find_resumable(client, experiment_id: str, fingerprint: str):
-    """The newest ended-early run to continue, with its checkpoint (None: it died before its first one)."""
-    runs = tracking.find_runs(client, experiment_id, fingerprint, RESUMABLE)
-    for run in runs:
-        checkpoint = run.data.tags.get(tracking.CHECKPOINT_TAG)
-        if checkpoint and Path(checkpoint).is_file():
-            return run, Path(checkpoint)
-    for run in runs:
-        if not run.data.metrics:
-            return run, None
-    return None
-
-
 @dataclass
 class Training:
     """What one job trains, built before its run exists: a failure here leaves nothing in the store."""
@@ -208,33 +196,36 @@ class OpenedRun:
     previous_tags: Mapping[str, str] = field(default_factory=dict)
 
 
-def run_job(cfg: Config, flat_config: dict[str, Any], ctx: JobContext) -> JobResult:
+def run_job(cfg: Config, ctx: JobContext) -> JobResult:
     """Train one configuration into one MLflow run, or skip it when a FINISHED run has the same fingerprint.
 
     Raises ``ConfigError``/``DataError``/``TrackingError`` before any run exists.
     Once a run exists it always ends FINISHED, FAILED (with the reason) or, on
     Ctrl-C or SIGTERM, KILLED: the interrupt propagates with the job's result as ``job_result``.
     """
-    name = run_name(cfg, ctx.overrides)
+    name = identity.run_name(cfg, ctx.overrides)
     tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri, ctx.start_dir)
     tracking.check_reachable(tracking_uri)
     client = tracking.MlflowClient(tracking_uri)
     experiment_id = tracking.get_or_create_experiment(
         client, cfg.mlflow.experiment, tracking.default_artifact_location(tracking_uri)
     )
-    fingerprint = tracking.config_fingerprint(flat_config)
+    flat_config = identity.flat_config(cfg)
+    fingerprint = identity.config_fingerprint(flat_config)
     if ctx.sweep_dir is None:  # in a multirun the launching process did this before any job started
         _close_orphans(client, experiment_id, cfg.sweep.orphan_after_minutes)
-    if cfg.sweep.skip_finished:
-        finished = tracking.find_runs(client, experiment_id, fingerprint, ["FINISHED"])
-        if finished:
-            log.info("skip %s: already FINISHED as run %s", name, finished[0].info.run_id)
-            return JobResult("SKIPPED", name, finished[0].info.run_id)
+    provenance = Provenance(code_version(), data_digest=None)
+    decision = decide(client, experiment_id, fingerprint, cfg.sweep.skip_finished, cfg.sweep.resume, provenance)
+    if decision.action == "skip":
+        log.info("skip %s: already FINISHED as run %s (%s)", name, decision.run.info.run_id, decision.reason)
+        return JobResult("SKIPPED", name, decision.run.info.run_id)
     training = build_training(cfg, ctx)
     log.info("%s: %s, %d trainable parameters on %s\n%s", name, cfg.model.arch, count_parameters(training.model),
              training.device, format_parameter_table(training.model))
-    run = open_run(client, experiment_id, name, fingerprint, cfg.sweep.resume, ctx)
-    return train_run(client, run, name, training, cfg, {**flat_config, "n_params": count_parameters(training.model)}, ctx)
+    run = open_run(client, experiment_id, name, fingerprint, decision, ctx)
+    params = {**flat_config, "n_params": count_parameters(training.model)}
+    tags = {**provenance.tags(), tracking.CONFIG_GROUP_TAG: identity.config_group(flat_config)}
+    return train_run(client, run, name, training, cfg, params, tags, ctx)
 
 
 def build_training(cfg: Config, ctx: JobContext) -> Training:
@@ -251,33 +242,32 @@ def build_training(cfg: Config, ctx: JobContext) -> Training:
     return Training(model, trained_model, optimizer, torch.Generator().manual_seed(cfg.seed), data, device)
 
 
-def open_run(client, experiment_id: str, name: str, fingerprint: str, resume: bool, ctx: JobContext) -> OpenedRun:
-    """Reopen the run this job continues (``resume``), or create a new one; it is RUNNING from here on.
+def open_run(client, experiment_id: str, name: str, fingerprint: str, decision: Decision,
+             ctx: JobContext) -> OpenedRun:
+    """Reopen the run ``decision`` continues (resume, take over), or create a new one; RUNNING from here on.
 
-    A run continues from its checkpoint; a run that died before its first
-    checkpoint (no epoch logged) is taken over from epoch 1, so a relaunch never
-    leaves an empty KILLED run beside a new one.
+    A run taken over died before its first checkpoint: it trains from epoch 1, so
+    a relaunch never leaves an empty KILLED run beside a new one.
     """
     checkpoint_path = ctx.output_dir / CHECKPOINT_NAME
-    previous = _find_resumable(client, experiment_id, fingerprint) if resume else None
-    if previous is not None:
-        run, saved_checkpoint = previous
-        tracking.set_tags(client, run.info.run_id, tracking.owner_tags())  # before RUNNING: never a dead owner
-        client.update_run(run.info.run_id, status="RUNNING")
-        if saved_checkpoint is not None:
-            return OpenedRun(run.info.run_id, saved_checkpoint, saved_checkpoint, run.data.tags)
-        return OpenedRun(run.info.run_id, checkpoint_path, None, run.data.tags)
+    if decision.run is not None:
+        run_id = decision.run.info.run_id
+        tracking.set_tags(client, run_id, tracking.owner_tags())  # before RUNNING: never a dead owner
+        client.update_run(run_id, status="RUNNING")
+        if decision.checkpoint is not None:
+            return OpenedRun(run_id, decision.checkpoint, decision.checkpoint, decision.run.data.tags)
+        return OpenedRun(run_id, checkpoint_path, None, decision.run.data.tags)
     tags = {tracking.FINGERPRINT_TAG: fingerprint, tracking.CHECKPOINT_TAG: str(checkpoint_path)}
     run_id = tracking.start_run(client, experiment_id, name, tags, read_parent_run_id(ctx.sweep_dir))
     return OpenedRun(run_id, checkpoint_path)
 
 
 def train_run(client, run: OpenedRun, name: str, training: Training, cfg: Config, params: dict[str, Any],
-              ctx: JobContext) -> JobResult:
+              tags: dict[str, str], ctx: JobContext) -> JobResult:
     """Everything after the run exists, under one ``try``: whatever happens, the run ends."""
     try:
         with tracking.Heartbeat(client, run.run_id):
-            history = _prepare_run(client, run, name, training, params, ctx)
+            history = _prepare_run(client, run, name, training, params, tags, ctx)
             _train(client, run, training, cfg, history)
             _log_final_artifacts(client, run.run_id, training.model, ctx.output_dir)
             _log_learning_curves(client, run.run_id, history, name)
@@ -314,12 +304,10 @@ def _train(client, run: OpenedRun, training: Training, cfg: Config, history: lis
 
 
 def _prepare_run(client, run: OpenedRun, name: str, training: Training, params: dict[str, Any],
-                 ctx: JobContext) -> list[dict[str, float]]:
+                 provenance_tags: dict[str, str], ctx: JobContext) -> list[dict[str, float]]:
     """Tags, params and, when continuing, the checkpoint's state; the metric history so far."""
-    tags = tracking.tags_for_job(
-        " ".join(ctx.overrides), str(ctx.sweep_dir) if ctx.sweep_dir else None, ctx.job_num,
-        tracking.git_commit(ctx.start_dir),
-    )
+    tags = tracking.tags_for_job(" ".join(ctx.overrides), str(ctx.sweep_dir) if ctx.sweep_dir else None, ctx.job_num)
+    tags.update(provenance_tags)
     tags.update(tracking.owner_tags())
     tags[tracking.CHECKPOINT_TAG] = str(run.checkpoint_path)
     tags["device"] = str(training.device)

@@ -27,7 +27,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from scipy.stats import ttest_ind_from_stats
 
-from lenet_sweep import figures, tracking
+from lenet_sweep import figures, identity, tracking
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 ALL_METRICS = METRICS + ("epoch_seconds",)
@@ -56,26 +56,6 @@ class Report:
 
 
 # --- gathering -------------------------------------------------------------------------
-
-def open_store(tracking_uri: str) -> tracking.MlflowClient:
-    """A client for an existing store; ``TrackingError`` naming the URI otherwise (a store is never created)."""
-    for prefix in ("sqlite:///", "file://"):
-        if tracking_uri.startswith(prefix) and not Path(tracking_uri.removeprefix(prefix)).exists():
-            raise tracking.TrackingError(f"MLflow store {tracking_uri} does not exist (no runs were logged there)")
-    tracking.check_reachable(tracking_uri, timeout_seconds=5.0)
-    return tracking.MlflowClient(tracking_uri)
-
-
-def find_experiment(client: tracking.MlflowClient, name: str) -> str:
-    """The id of experiment ``name``; ``ReportError`` naming it and the store when it is missing."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        known = ", ".join(sorted(e.name for e in client.search_experiments()))
-        raise ReportError(
-            f"experiment '{name}' not found in {client.tracking_uri} (experiments there: {known or 'none'})"
-        )
-    return experiment.experiment_id
-
 
 def select_runs(client, experiment_id: str, filter_string: str | None, include_failed: bool):
     """The experiment's job runs matching the filter: FINISHED, plus FAILED/KILLED with ``include_failed``.
@@ -120,8 +100,8 @@ def load_histories(client, runs) -> pd.DataFrame:
 # --- grouping and aggregation ----------------------------------------------------------
 
 def is_bookkeeping(key: str) -> bool:
-    """Params that say where or how a run ran, not what it computed (the runner's fingerprint rule)."""
-    return key.startswith("hydra") or any(key == ex or key.startswith(ex + ".") for ex in tracking.FINGERPRINT_EXCLUDED)
+    """Params that say where or how a run ran, not what it computed (``identity.NOT_COMPUTED``)."""
+    return not identity.computes(key)
 
 
 def _readability(key: str) -> tuple:
@@ -431,8 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     uri = tracking.resolve_tracking_uri(args.tracking_uri, Path.cwd())
     group_by = [k.strip() for k in args.group_by.split(",") if k.strip()] if args.group_by else None
     try:
-        client = open_store(uri)
-        experiment_id = find_experiment(client, args.experiment)
+        client = tracking.open_existing_store(uri)
+        experiment_id = tracking.find_experiment(client, args.experiment)
         report = build_report(client, experiment_id, args.out, filter_string=args.filter, group_by=group_by,
                               epoch=args.epoch, include_failed=args.include_failed)
     except (ReportError, tracking.TrackingError) as error:

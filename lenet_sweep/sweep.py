@@ -24,12 +24,14 @@ import hydra
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from mlflow.exceptions import MlflowException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lenet_sweep import tracking
+from lenet_sweep import identity, tracking
 from lenet_sweep.config import Config, ConfigError, check_known_keys, one_line
+from lenet_sweep.plan import PlannedJob, print_plan
 from lenet_sweep.job import PARENT_RUN_FILE, STATUS_FILE, raise_terminated
 
 STATUSES = ("FINISHED", "FAILED", "KILLED", "SKIPPED")
@@ -95,23 +97,27 @@ def sweep_job_overrides(config: DictConfig) -> Optional[list[list[str]]]:
         ) from error
 
 
-def check_every_job(config: DictConfig) -> None:
+def compose_every_job(config: DictConfig) -> Optional[list[PlannedJob]]:
     """Compose and check each job of the sweep as the launcher will, before any job starts.
 
     Hydra's basic sweeper composes the jobs of a batch before launching it, but
     the typed config's range checks and unknown keys only surface when each job
     converts its config, that is after the jobs before it have trained. Raises
-    ``ConfigError`` (or Hydra's composition error) naming the key.
+    ``ConfigError`` (or Hydra's composition error) naming the key. ``None``
+    under another sweeper, which chooses its jobs as it goes.
     """
     jobs = sweep_job_overrides(config)
     if jobs is None:
-        return  # another sweeper chooses its jobs as it goes
+        return None
     loader = GlobalHydra.instance().config_loader()
+    planned = []
     for job_overrides in jobs:
         job = loader.load_sweep_config(config, job_overrides)
-        values = {key: value for key, value in OmegaConf.to_container(job).items() if key != "hydra"}
-        check_known_keys(values)
-        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), values))
+        values = OmegaConf.masked_copy(job, [key for key in job if key != "hydra"])
+        check_known_keys(OmegaConf.to_container(values))
+        cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), values))
+        planned.append(PlannedJob.of(cfg, tuple(job_overrides)))
+    return planned
 
 
 _launching_pid: Optional[int] = None
@@ -134,7 +140,7 @@ def open_parent_run(client: tracking.MlflowClient, experiment_id: str, config: D
     """
     overrides = list(config.hydra.overrides.task)
     params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
-    fingerprint = tracking.sweep_fingerprint(overrides, params)
+    fingerprint = identity.sweep_fingerprint(overrides, params)
     sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
     earlier = client.search_runs(
         [experiment_id], filter_string=f"tags.{tracking.SWEEP_FINGERPRINT_TAG} = '{fingerprint}'",
@@ -158,8 +164,8 @@ def open_parent_run(client: tracking.MlflowClient, experiment_id: str, config: D
     tags = {"sweep": "true", "hydra.sweep_dir": sweep_dir, tracking.SWEEP_FINGERPRINT_TAG: fingerprint,
             LAUNCHES_TAG: "1"}
     run_id = tracking.start_run(client, experiment_id, name, tags)
-    try:
-        tracking.log_params(client, run_id, dict(o.split("=", 1) for o in overrides if "=" in o))
+    try:  # MLflow's param names take no Hydra prefix (+study=mlp is logged as study)
+        tracking.log_params(client, run_id, dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o))
     except BaseException:
         tracking.end_run(client, run_id, "FAILED", "could not log the sweep's overrides")
         raise
@@ -187,8 +193,10 @@ class SweepCallback(Callback):
         uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri, Path.cwd())
         # Hydra turns a callback's exception into a warning and goes on: exit here instead.
         try:
-            check_every_job(config)
+            jobs = compose_every_job(config)
             tracking.check_reachable(uri)
+            if config.sweep.plan:  # what a launch would do, and nothing else: no run, not even the parent
+                sys.exit(print_plan(uri, config.mlflow.experiment, jobs, config.sweep.orphan_after_minutes))
             self.client = tracking.MlflowClient(uri)
             experiment_id = tracking.get_or_create_experiment(
                 self.client, config.mlflow.experiment, tracking.default_artifact_location(uri)
@@ -203,14 +211,19 @@ class SweepCallback(Callback):
         except (HydraException, OmegaConfBaseException) as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             sys.exit(2)
+        except MlflowException as error:  # the store refused a request
+            print(f"error: MLflow store {uri}: {str(error).splitlines()[0]}", file=sys.stderr)
+            sys.exit(2)
         _launching_pid = os.getpid()
         # From here on the parent must end, whatever happens: Ctrl-C, SIGTERM or a launcher error
         # skip on_multirun_end, so atexit closes it, with the summary of what ran.
         atexit.register(self._end_interrupted)
         signal.signal(signal.SIGTERM, raise_terminated)
+        self.sweep_dir = Path(config.hydra.sweep.dir)
         self.heartbeat = tracking.Heartbeat(self.client, self.parent_run_id)
         self.heartbeat.start()
-        self.sweep_dir = Path(config.hydra.sweep.dir)
+        if jobs is not None:  # what `python -m lenet_sweep.status` lists, started or not
+            self.client.log_dict(self.parent_run_id, [job.as_record() for job in jobs], tracking.SWEEP_JOBS_ARTIFACT)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         (self.sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": self.parent_run_id, "tracking_uri": uri}))
 

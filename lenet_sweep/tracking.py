@@ -7,8 +7,6 @@ launching process can each address the runs they own.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import socket
 import subprocess
@@ -24,7 +22,6 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import (
-    MLFLOW_GIT_COMMIT,
     MLFLOW_PARENT_RUN_ID,
     MLFLOW_RUN_NAME,
     MLFLOW_SOURCE_NAME,
@@ -33,6 +30,9 @@ from mlflow.utils.mlflow_tags import (
 DEFAULT_STORE = Path("outputs") / "mlflow.db"
 FINGERPRINT_TAG = "config_fingerprint"
 SWEEP_FINGERPRINT_TAG = "sweep_fingerprint"
+# The fingerprint without the seed: the MLflow UI groups runs by it to draw the mean and band over seeds.
+CONFIG_GROUP_TAG = "config_group"
+SWEEP_JOBS_ARTIFACT = "sweep_jobs.json"  # on a sweep's parent run: every job of the sweep, in launch order
 FAILURE_TAG = "failure_reason"
 CHECKPOINT_TAG = "checkpoint_path"
 # Which process owns a RUNNING run, so that a later launch on the same host can tell a dead owner.
@@ -42,8 +42,6 @@ PID_TAG = "pid"
 SLURM_JOB_TAG = "slurm_job_id"
 HEARTBEAT_TAG = "heartbeat"
 HEARTBEAT_SECONDS = 60
-# Config keys that say where things are or how they are run, not what is computed.
-FINGERPRINT_EXCLUDED = ("mlflow", "sweep", "data.root", "data.download", "data.train_dir", "data.test_dir", "train.threads")
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 
 
@@ -114,47 +112,23 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_location:
         return experiment.experiment_id
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+def open_existing_store(tracking_uri: str) -> MlflowClient:
+    """A client for an existing store; ``TrackingError`` naming the URI otherwise (a store is never created)."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        raise TrackingError(f"MLflow store {tracking_uri} does not exist (no runs were logged there)")
+    check_reachable(tracking_uri, timeout_seconds=5.0)
+    return MlflowClient(tracking_uri)
 
 
-def config_fingerprint(flat_config: Mapping[str, Any]) -> str:
-    """A short hash of what a run computes: the resolved config minus paths and launcher settings."""
-    kept = {key: value for key, value in flat_config.items() if _computes(key)}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _computes(key: str) -> bool:
-    return not any(key == ex or key.startswith(ex + ".") for ex in FINGERPRINT_EXCLUDED)
-
-
-def sweep_fingerprint(overrides: Iterable[str], sweeper_params: Mapping[str, str]) -> str:
-    """A short hash of what a sweep runs: its overrides and sweeper params, minus those that change no result.
-
-    The same command relaunched gets the same fingerprint, whichever directory
-    Hydra names after the time and whichever store or launcher it uses.
-    """
-    settings = [o for o in overrides if _computes(o.lstrip("+~").partition("=")[0])]
-    settings += [f"{key}={value}" for key, value in sweeper_params.items() if _computes(key.lstrip("+~"))]
-    return hashlib.sha256(json.dumps(sorted(settings)).encode()).hexdigest()[:16]
-
-
-def git_commit(directory: Path) -> Optional[str]:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=5, check=True
+def find_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``; ``TrackingError`` naming it and the store when it is missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        known = ", ".join(sorted(e.name for e in client.search_experiments()))
+        raise TrackingError(
+            f"experiment '{name}' not found in {client.tracking_uri} (experiments there: {known or 'none'})"
         )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
+    return experiment.experiment_id
 
 
 def find_runs(client: MlflowClient, experiment_id: str, fingerprint: str, statuses: Iterable[str]):
@@ -316,11 +290,9 @@ def end_run(client: MlflowClient, run_id: str, status: str, reason: Optional[str
     client.set_terminated(run_id, status=status)
 
 
-def tags_for_job(override_string: str, sweep_dir: Optional[str], job_num: Optional[int], commit: Optional[str]):
+def tags_for_job(override_string: str, sweep_dir: Optional[str], job_num: Optional[int]) -> dict[str, str]:
     tags = {"hydra.overrides": override_string or "(defaults)"}
     if sweep_dir is not None:
         tags["hydra.sweep_dir"] = sweep_dir
         tags["hydra.job_num"] = str(job_num)
-    if commit:
-        tags[MLFLOW_GIT_COMMIT] = commit
     return tags

@@ -3,7 +3,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lenet_sweep.config import Config, ConfigError, register_configs
-from lenet_sweep.job import run_name
+from lenet_sweep.identity import run_name
 from tests.helpers.cli import REPO, run_cli, runs_of
 
 

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers.cli import SMALL, cli_env, run_cli, runs_of, store_uri
+from tests.helpers.cli import SMALL, cli_env, run_cli, runs_of, start_cli, store_uri, wait_for_runs
 from tests.helpers.runs import METRICS, assert_one_parent_with_children, steps
 
 TWO_EPOCHS = ["train.epochs=2", "data.train_limit=600", "data.test_limit=200"]
@@ -84,36 +83,6 @@ def test_sigkill_mid_run_then_relaunch_resumes_to_identical_metrics(workdir, tmp
     assert run_cli(args, reference_dir).returncode == 0
     ref_client, ref_runs = runs_of(reference_dir)
     assert history(client, runs[0].info.run_id) == history(ref_client, ref_runs[0].info.run_id)
-
-
-def start_cli(args, workdir) -> subprocess.Popen:
-    """The CLI in its own process group (so the test can stop exactly it and its workers), output piped."""
-    return subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=workdir, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def has_runs(db: Path) -> bool:
-    """Whether the CLI has created a run: only then is the schema complete, so opening the store migrates nothing."""
-    if not db.exists():
-        return False
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
-            return connection.execute("SELECT count(*) FROM runs").fetchone()[0] > 0
-    except sqlite3.OperationalError:  # the tables are still being created
-        return False
-
-
-def wait_for_runs(workdir, process, ready, timeout_s=240):
-    """Poll the store until ``ready(client, child_runs)`` holds; the child runs then."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the CLI ended before the test could interrupt it"
-        if has_runs(workdir / "outputs" / "mlflow.db"):
-            client, runs = runs_of(workdir)
-            if runs and ready(client, runs):
-                return runs
-        time.sleep(0.2)
-    raise AssertionError("the runs never reached the awaited state")
 
 
 def test_a_sigkilled_joblib_sweep_relaunched_has_one_parent_and_every_epoch_once(workdir):

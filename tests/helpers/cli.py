@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -46,3 +48,33 @@ def runs_of(workdir: Path, experiment: str = "lenet_sweep", children_only: bool 
     if children_only:
         runs = [r for r in runs if r.data.tags.get("sweep") != "true"]
     return client, runs
+
+
+def start_cli(args, workdir) -> subprocess.Popen:
+    """The CLI in its own process group (so the test can stop exactly it and its workers), output piped."""
+    return subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=workdir, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def has_runs(db: Path) -> bool:
+    """Whether the CLI has created a run: only then is the schema complete, so opening the store migrates nothing."""
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+            return connection.execute("SELECT count(*) FROM runs").fetchone()[0] > 0
+    except sqlite3.OperationalError:  # the tables are still being created
+        return False
+
+
+def wait_for_runs(workdir, process, ready, timeout_s=240):
+    """Poll the store until ``ready(client, child_runs)`` holds; the child runs then."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the CLI ended before the test could interrupt it"
+        if has_runs(workdir / "outputs" / "mlflow.db"):
+            client, runs = runs_of(workdir)
+            if runs and ready(client, runs):
+                return runs
+        time.sleep(0.2)
+    raise AssertionError("the runs never reached the awaited state")

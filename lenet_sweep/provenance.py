@@ -1,0 +1,82 @@
+"""What produced a run: the code (git commit, and a digest of uncommitted changes), the data, torch.
+
+Recorded as tags on every run, so a relaunch can tell results of the same code
+and data from results of other code (``plan.decide``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional
+
+import torch
+from mlflow.entities import Run
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DIRTY_TAG = "git_dirty"  # digest of `git diff HEAD` when the tree had uncommitted changes, else empty
+DATA_DIGEST_TAG = "data_digest"
+TORCH_TAG = "torch_version"
+
+
+@dataclass(frozen=True)
+class CodeVersion:
+    commit: Optional[str]  # None: not run from a git checkout (an installed wheel)
+    dirty_digest: Optional[str] = None
+
+    @property
+    def clean(self) -> bool:
+        return self.commit is not None and self.dirty_digest is None
+
+    def describe(self) -> str:
+        if self.commit is None:
+            return "no git commit"
+        return self.commit[:10] + (f"+changes {self.dirty_digest[:8]}" if self.dirty_digest else "")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    code: CodeVersion
+    data_digest: Optional[str]
+
+    def tags(self) -> dict[str, str]:
+        tags = {DIRTY_TAG: self.code.dirty_digest or "", TORCH_TAG: torch.__version__}
+        if self.code.commit:
+            tags[MLFLOW_GIT_COMMIT] = self.code.commit
+        if self.data_digest:
+            tags[DATA_DIGEST_TAG] = self.data_digest
+        return tags
+
+    def same_data_as(self, run: Run) -> bool:
+        """False only when both digests are known and differ (runs from before digests were recorded match)."""
+        theirs = run.data.tags.get(DATA_DIGEST_TAG)
+        return not (theirs and self.data_digest and theirs != self.data_digest)
+
+
+def code_of_run(run: Run) -> CodeVersion:
+    tags: Mapping[str, str] = run.data.tags
+    return CodeVersion(tags.get(MLFLOW_GIT_COMMIT) or None, tags.get(DIRTY_TAG) or None)
+
+
+def _git(*args: str) -> Optional[str]:
+    try:
+        result = subprocess.run(["git", "-C", str(PACKAGE_DIR), *args], capture_output=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.decode(errors="replace")
+
+
+def code_version() -> CodeVersion:
+    """The git commit of the checkout this package runs from, and a digest of its uncommitted changes.
+
+    A package that git does not track (an installed wheel, even one inside some
+    other repository's virtual environment) has no commit.
+    """
+    if _git("ls-files", "--error-unmatch", "__init__.py") is None:
+        return CodeVersion(None)
+    commit = (_git("rev-parse", "HEAD") or "").strip() or None
+    diff = _git("diff", "HEAD", "--", ".", "../conf") or ""
+    return CodeVersion(commit, hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else None)
