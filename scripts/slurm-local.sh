@@ -99,7 +99,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE/munge.socket
+# cred_expire: a requeued job waits this long before it starts again (default 120 s).
+AuthInfo=socket=$MUNGE/munge.socket,cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres

@@ -71,3 +71,31 @@ def test_scancel_of_one_job_is_reported_killed_and_a_relaunch_finishes_it(workdi
     _, every_run = server_runs(mlflow_server, experiment, children_only=False)
     # The relaunch continues the cancelled run and skips the finished one; both stay children of the one parent.
     assert_one_parent_with_children(every_run, 2, skipped=1)
+
+
+def test_a_preempted_job_requeues_itself_and_finishes_its_run(workdir, slurm_env, mlflow_server):
+    experiment = "requeue"
+    args = ["-m", *SLURM, "train.epochs=4", "data.train_limit=8000", "data.test_limit=500",
+            f"mlflow.tracking_uri={mlflow_server}", f"mlflow.experiment={experiment}"]
+    env = cli_env(SLURM_CONF=slurm_env["SLURM_CONF"], PATH=slurm_env["PATH"])
+    sweep = subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=workdir, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = MlflowClient(mlflow_server)
+    run, deadline = None, time.monotonic() + 240
+    while run is None and time.monotonic() < deadline:
+        _, runs = server_runs(mlflow_server, experiment)
+        run = next((r for r in runs if steps(client, r.info.run_id)), None)
+        time.sleep(0.2)
+    assert run, "the job never logged an epoch"
+    # What SLURM sends before a time limit or on preemption (signal_delay_s): submitit requeues the job.
+    (task,) = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm_env, capture_output=True, text=True).stdout.split()
+    subprocess.run(["scancel", "--signal=USR2", task], env=slurm_env, check=True)
+    output, _ = sweep.communicate(timeout=300)
+    assert sweep.returncode == 0, output[-3000:]
+    assert "Sweep summary: 1 jobs: 1 finished, 0 failed, 0 killed" in output, output[-3000:]
+    job_log = next((workdir / "outputs" / "multirun").rglob("*_log.err")).read_text()
+    assert "DUE TO JOB REQUEUE" in job_log, job_log[-3000:]
+    _, (finished,) = server_runs(mlflow_server, experiment)
+    assert finished.info.run_id == run.info.run_id and finished.info.status == "FINISHED"
+    for key in METRICS:
+        assert steps(client, run.info.run_id, key) == [1, 2, 3, 4]
