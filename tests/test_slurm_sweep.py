@@ -22,6 +22,24 @@ def server_runs(uri, experiment_name="lenet_sweep", children_only=True):
     return client, [r for r in runs if not (children_only and r.data.tags.get("sweep") == "true")]
 
 
+def start_sweep(args, workdir, slurm_env) -> subprocess.Popen:
+    env = cli_env(SLURM_CONF=slurm_env["SLURM_CONF"], PATH=slurm_env["PATH"])
+    return subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def first_run_with_an_epoch(uri, experiment, wanted=lambda run: True, timeout_s=240):
+    """Poll the server until a ``wanted`` job run has logged an epoch; that run."""
+    client, deadline = MlflowClient(uri), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _, runs = server_runs(uri, experiment)
+        found = next((r for r in runs if wanted(r) and steps(client, r.info.run_id)), None)
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError("no job logged an epoch in time")
+
+
 def test_grid_through_slurm_into_a_tracking_server(workdir, slurm_env, mlflow_server):
     args = ["-m", *SLURM, "model=lenet,mlp,lenet_reg", "train.epochs=2", "data.train_limit=600",
             "data.test_limit=200", f"mlflow.tracking_uri={mlflow_server}"]
@@ -39,17 +57,9 @@ def test_scancel_of_one_job_is_reported_killed_and_a_relaunch_finishes_it(workdi
     experiment = "preemption"
     args = ["-m", *SLURM, "model=lenet,mlp", "train.epochs=4", "data.train_limit=8000", "data.test_limit=500",
             f"mlflow.tracking_uri={mlflow_server}", f"mlflow.experiment={experiment}"]
-    env = cli_env(SLURM_CONF=slurm_env["SLURM_CONF"], PATH=slurm_env["PATH"])
-    sweep = subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=workdir, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep = start_sweep(args, workdir, slurm_env)
     client = MlflowClient(mlflow_server)
-    lenet, deadline = None, time.monotonic() + 240
-    while lenet is None and time.monotonic() < deadline:
-        _, runs = server_runs(mlflow_server, experiment)
-        lenet = next((r for r in runs if r.data.params.get("model.name") == "lenet" and steps(client, r.info.run_id)),
-                     None)
-        time.sleep(0.2)
-    assert lenet, "the lenet job never logged an epoch"
+    lenet = first_run_with_an_epoch(mlflow_server, experiment, lambda r: r.data.params.get("model.name") == "lenet")
     # SLURM 22.05 cancels an array task by its <array job>_<task> name only; job 0 of the sweep is lenet.
     tasks = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm_env, capture_output=True, text=True).stdout.split()
     subprocess.run(["scancel", *[t for t in tasks if t.endswith("_0")]], env=slurm_env, check=True)
@@ -77,16 +87,9 @@ def test_a_preempted_job_requeues_itself_and_finishes_its_run(workdir, slurm_env
     experiment = "requeue"
     args = ["-m", *SLURM, "train.epochs=4", "data.train_limit=8000", "data.test_limit=500",
             f"mlflow.tracking_uri={mlflow_server}", f"mlflow.experiment={experiment}"]
-    env = cli_env(SLURM_CONF=slurm_env["SLURM_CONF"], PATH=slurm_env["PATH"])
-    sweep = subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=workdir, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep = start_sweep(args, workdir, slurm_env)
     client = MlflowClient(mlflow_server)
-    run, deadline = None, time.monotonic() + 240
-    while run is None and time.monotonic() < deadline:
-        _, runs = server_runs(mlflow_server, experiment)
-        run = next((r for r in runs if steps(client, r.info.run_id)), None)
-        time.sleep(0.2)
-    assert run, "the job never logged an epoch"
+    run = first_run_with_an_epoch(mlflow_server, experiment)
     # What SLURM sends before a time limit or on preemption (signal_delay_s): submitit requeues the job.
     (task,) = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm_env, capture_output=True, text=True).stdout.split()
     subprocess.run(["scancel", "--signal=USR2", task], env=slurm_env, check=True)
