@@ -22,6 +22,15 @@ DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("off", "bf16")
 SKIP_FINISHED_MODES = ("config", "code", "never")
 SKIP_FINISHED_ALIASES = {"true": "config", "false": "never"}
+# The default data set's values, as conf/data/mnist.yaml gives them.
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
 
 
 class ConfigError(ValueError):
@@ -86,10 +95,22 @@ class OptimizerConfig:
 
 @dataclass
 class DataConfig:
+    # Which data set: an option of the data group (conf/data/) fills in these seven.
+    name: str = "mnist"
+    # md5 of each of the four IDX files' decompressed bytes, by file name.
+    md5: dict[str, str] = field(default_factory=lambda: dict(MNIST_MD5))
+    # Normalisation: (pixel / 255 - mean) / std, from the training images.
+    mean: float = MNIST_MEAN
+    std: float = MNIST_STD
+    # torchvision.datasets class that downloads it (data.download=true).
+    torchvision_class: str = "MNIST"
+    # Where the operating system's package puts the files, and that package's name.
+    system_dir: Optional[str] = None
+    system_package: Optional[str] = None
     format: str = "idx"
-    # Directory holding the four MNIST IDX files (gzip'd or not); relative paths are
-    # taken from the directory the command was started in.
-    root: str = "data"
+    # Directory holding the four IDX files (gzip'd or not), looked in before the OS copy;
+    # relative paths are taken from the directory the command was started in.
+    root: Optional[str] = "data"
     download: bool = False
     train_dir: Optional[str] = None
     test_dir: Optional[str] = None
@@ -99,6 +120,8 @@ class DataConfig:
     subset_seed: int = 0
 
     def __post_init__(self) -> None:
+        _require(bool(self.name), "data.name", self.name, "must not be empty")
+        _require(self.std > 0, "data.std", self.std, "must be > 0")
         _require(self.format in DATA_FORMATS, "data.format", self.format, "must be one of idx, png_dir")
         for key in ("train_limit", "test_limit"):
             limit = getattr(self, key)

@@ -16,7 +16,12 @@ from lenet_sweep.config import Config
 
 NOT_COMPUTED = (
     "hydra", "mlflow", "sweep", "data.root", "data.download", "data.train_dir", "data.test_dir", "train.threads",
+    # A data set's md5 sums only check its files (data.name says which it is), and where it is found.
+    "data.md5", "data.torchvision_class", "data.system_dir", "data.system_package",
 )
+# Keys added after runs were recorded, with the value those runs had: left out of fingerprints at
+# that value, so the earlier runs keep theirs and are still skipped or resumed.
+ADDED_WITH_EARLIER_VALUE = {"data.name": "mnist", "data.mean": 0.1307, "data.std": 0.3081}
 
 
 def computes(key: str) -> bool:
@@ -47,8 +52,15 @@ def _digest(value: Any) -> str:
 
 
 def config_fingerprint(flat: Mapping[str, Any]) -> str:
-    """A short hash of what a run computes: the config minus the ``NOT_COMPUTED`` keys."""
-    return _digest({key: value for key, value in flat.items() if computes(key)})
+    """A short hash of what a run computes: the config minus the ``NOT_COMPUTED`` keys.
+
+    Keys of ``ADDED_WITH_EARLIER_VALUE`` count only where they differ from that value.
+    """
+    return _digest({key: value for key, value in flat.items() if computes(key) and not _earlier_value(key, value)})
+
+
+def _earlier_value(key: str, value: Any) -> bool:
+    return key in ADDED_WITH_EARLIER_VALUE and value == ADDED_WITH_EARLIER_VALUE[key]
 
 
 def config_group(flat: Mapping[str, Any]) -> str:
@@ -70,6 +82,7 @@ def sweep_fingerprint(overrides: Iterable[str], sweeper_params: Mapping[str, str
 def run_name(cfg: Config, overrides: Iterable[str] = ()) -> str:
     """A name a person can read in the MLflow UI, e.g. ``lenet_reg·flip·sgd·s0``.
 
+    A data set other than MNIST follows the seed (``lenet·flip·sgd·s0·fashion_mnist``).
     Overridden settings that change what is computed are appended by their last
     key, so an lr sweep's runs read ``lenet·none·sgd·s0·lr=0.1``; config group
     choices (``model=mlp``) already show in the first parts.
@@ -78,6 +91,8 @@ def run_name(cfg: Config, overrides: Iterable[str] = ()) -> str:
     if cfg.model.regularization.name != "none" and cfg.model.name == cfg.model.arch:
         model += f"+{cfg.model.regularization.name}"
     parts = [model, cfg.aug.name, cfg.optimizer.name, f"s{cfg.seed}"]
+    if cfg.data.name != "mnist":  # MNIST runs keep the names they had before the data set was a choice
+        parts.append(cfg.data.name)
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         if "." in key and computes(key):

@@ -22,7 +22,8 @@ import torch
 from lenet_sweep import identity, tracking
 from lenet_sweep.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from lenet_sweep.config import Config
-from lenet_sweep.data import load_mnist, to_model_input
+from lenet_sweep.data import to_model_input
+from lenet_sweep.datasets import DatasetSpec, LoadedDataset, load_dataset, log_dataset_input
 from lenet_sweep.models import build_model, count_parameters, format_parameter_table
 from lenet_sweep.plan import Decision, decide
 from lenet_sweep.provenance import Provenance, code_version
@@ -147,25 +148,22 @@ def _progress_factory(enabled: bool):
     return factory
 
 
-def _load_device_data(cfg: Config, start_dir: Path, device: torch.device) -> DeviceData:
+def _load_dataset(cfg: Config, start_dir: Path) -> LoadedDataset:
     def path(p: Optional[str]) -> Optional[str]:
         return None if p is None else str((start_dir / p).resolve())
 
-    mnist = load_mnist(
-        cfg.data.format,
-        path(cfg.data.root),
-        cfg.data.download,
-        path(cfg.data.train_dir),
-        path(cfg.data.test_dir),
-        cfg.data.train_limit,
-        cfg.data.test_limit,
-        cfg.data.subset_seed,
-    )
+    d = cfg.data
+    spec = DatasetSpec.of(d.name, d.md5, d.mean, d.std, d.torchvision_class, path(d.system_dir), d.system_package)
+    return load_dataset(spec, d.format, path(d.root), d.download, path(d.train_dir), path(d.test_dir),
+                        d.train_limit, d.test_limit, d.subset_seed)
+
+
+def _device_data(dataset: LoadedDataset, mean: float, std: float, device: torch.device) -> DeviceData:
     return DeviceData(
-        to_model_input(mnist.train.images, device),
-        mnist.train.labels.to(device),
-        to_model_input(mnist.test.images, device),
-        mnist.test.labels.to(device),
+        to_model_input(dataset.train.images, device, mean, std),
+        dataset.train.labels.to(device),
+        to_model_input(dataset.test.images, device, mean, std),
+        dataset.test.labels.to(device),
     )
 
 
@@ -184,6 +182,7 @@ class Training:
     generator: torch.Generator
     data: DeviceData
     device: torch.device
+    dataset: LoadedDataset  # what ``data`` was made from, as the run records it
 
 
 @dataclass(frozen=True)
@@ -204,6 +203,7 @@ def run_job(cfg: Config, ctx: JobContext) -> JobResult:
     Ctrl-C or SIGTERM, KILLED: the interrupt propagates with the job's result as ``job_result``.
     """
     name = identity.run_name(cfg, ctx.overrides)
+    dataset = _load_dataset(cfg, ctx.start_dir)  # bad data stops the job before the store is touched
     tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri, ctx.start_dir)
     tracking.check_reachable(tracking_uri)
     client = tracking.MlflowClient(tracking_uri)
@@ -214,12 +214,12 @@ def run_job(cfg: Config, ctx: JobContext) -> JobResult:
     fingerprint = identity.config_fingerprint(flat_config)
     if ctx.sweep_dir is None:  # in a multirun the launching process did this before any job started
         _close_orphans(client, experiment_id, cfg.sweep.orphan_after_minutes)
-    provenance = Provenance(code_version(), data_digest=None)
+    provenance = Provenance(code_version(), data_digest=dataset.digest)
     decision = decide(client, experiment_id, fingerprint, cfg.sweep.skip_finished, cfg.sweep.resume, provenance)
     if decision.action == "skip":
         log.info("skip %s: already FINISHED as run %s (%s)", name, decision.run.info.run_id, decision.reason)
         return JobResult("SKIPPED", name, decision.run.info.run_id)
-    training = build_training(cfg, ctx)
+    training = build_training(cfg, ctx, dataset)
     log.info("%s: %s, %d trainable parameters on %s\n%s", name, cfg.model.arch, count_parameters(training.model),
              training.device, format_parameter_table(training.model))
     run = open_run(client, experiment_id, name, fingerprint, decision, ctx)
@@ -228,18 +228,18 @@ def run_job(cfg: Config, ctx: JobContext) -> JobResult:
     return train_run(client, run, name, training, cfg, params, tags, ctx)
 
 
-def build_training(cfg: Config, ctx: JobContext) -> Training:
-    """Threads, device, data, model and optimizer for ``cfg``, seeded; no run is touched."""
+def build_training(cfg: Config, ctx: JobContext, dataset: LoadedDataset) -> Training:
+    """Threads, device, data on it, model and optimizer for ``cfg``, seeded; no run is touched."""
     torch.set_num_threads(pick_threads(cfg.train.threads, ctx.parallel_jobs))
     device = pick_device(cfg.device)
-    data = _load_device_data(cfg, ctx.start_dir, device)
+    data = _device_data(dataset, cfg.data.mean, cfg.data.std, device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.arch, cfg.model.regularization.dropout, cfg.model.regularization.batchnorm).to(device)
     optimizer = make_optimizer(
         model, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay
     )
     trained_model = torch.compile(model) if cfg.train.compile else model
-    return Training(model, trained_model, optimizer, torch.Generator().manual_seed(cfg.seed), data, device)
+    return Training(model, trained_model, optimizer, torch.Generator().manual_seed(cfg.seed), data, device, dataset)
 
 
 def open_run(client, experiment_id: str, name: str, fingerprint: str, decision: Decision,
@@ -318,6 +318,7 @@ def _prepare_run(client, run: OpenedRun, name: str, training: Training, params: 
     if tracking.FAILURE_TAG in run.previous_tags:  # that failure is being repaired
         client.delete_tag(run.run_id, tracking.FAILURE_TAG)
     tracking.log_params(client, run.run_id, params)
+    log_dataset_input(client, run.run_id, training.dataset)  # a reopened run's input is logged once only
     if run.resume_from is None:
         if run.previous_tags:
             log.info("take over %s: run %s died before its first checkpoint; training from epoch 1", name, run.run_id)

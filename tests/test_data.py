@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import DATA
 
+from lenet_sweep.config import MNIST_MD5
 from lenet_sweep.data import (
     MNIST_MEAN,
     MNIST_STD,
@@ -37,7 +38,7 @@ def test_uncompressed_files_load_too(tmp_path):
     for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         with gzip.open(DATA / f"{name}.gz") as src, open(tmp_path / name, "wb") as dst:
             shutil.copyfileobj(src, dst)
-    split = load_idx_split(tmp_path, "test")
+    split = load_idx_split(tmp_path, "test", MNIST_MD5)
     assert len(split) == 10_000
 
 
@@ -47,20 +48,21 @@ def test_corrupted_copy_fails_loudly_naming_the_file(tmp_path):
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(bytes(raw))
     shutil.copy(DATA / "t10k-images-idx3-ubyte.gz", tmp_path)
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.*md5"):
-        load_idx_split(tmp_path, "test")
+        load_idx_split(tmp_path, "test", MNIST_MD5)
 
 
-def test_missing_files_name_the_directory(tmp_path):
-    with pytest.raises(DataError, match=str(tmp_path)):
-        load_idx_split(tmp_path, "train")
+def test_missing_files_name_the_file_and_directory(tmp_path):
+    with pytest.raises(DataError, match=f"train-images-idx3-ubyte.*{tmp_path}"):
+        load_idx_split(tmp_path, "train", MNIST_MD5)
 
 
 def test_png_directory_round_trip(mnist, tmp_path):
     subset = Split(mnist.test.images[:50], mnist.test.labels[:50])
     export_png_dir(subset, tmp_path / "test")
     assert (tmp_path / "test" / f"0_{subset.labels[0].item()}.png").is_file()
-    loaded = load_png_dir(tmp_path / "test")
+    loaded, md5 = load_png_dir(tmp_path / "test")
     assert torch.equal(loaded.images, subset.images) and torch.equal(loaded.labels, subset.labels)
+    assert len(md5) == 50 and all(len(v) == 32 for v in md5.values())
 
 
 def test_subsets_are_balanced_and_reproducible(mnist):
