@@ -35,6 +35,7 @@ SECTION_ORDER = ("model", "aug", "optimizer", "train", "data", "device")
 NOT_CONFIG = ("seed", "n_params")
 LABEL_KEYS = ("model.name", "aug.name")  # the columns shown when no config param varies
 FAILED_STATUSES = ("FAILED", "KILLED")
+DATASET_KEY = "data.name"  # runs on several data sets are grouped, judged and ranked per data set
 DEFAULT_OUT = Path("outputs") / "report"
 
 
@@ -186,12 +187,14 @@ def aggregate(frame: pd.DataFrame, hist: pd.DataFrame, group_by: list[str], epoc
 DIGITS = {"train_loss": 4, "train_acc": 2, "test_loss": 4, "test_acc": 2}
 NOTES = [
     "- Cells are the mean ± sample standard deviation (ddof = 1) over a configuration's seeds; a plain number "
-    "is a single seed. `seeds` counts the runs averaged. Rows are sorted by test_acc, best first.",
+    "is a single seed. `seeds` counts the runs averaged. Rows are sorted by test_acc, best first (within "
+    "each data set when the runs span several).",
     "- best test_acc (epoch): the maximum of the seed-averaged test-accuracy curve and the epoch where it "
     "occurs; chosen on the test set, so optimistic.",
     "- s/epoch: mean wall-clock seconds per epoch (training and test evaluation) over all epochs and seeds.",
     "- Findings: the leader and the runner-up are compared by a Welch two-sample t-test on their per-seed "
-    "test accuracies at the table's epoch; the lead counts as larger than the seed-to-seed spread when p < 0.05.",
+    "test accuracies at the table's epoch (per data set); the lead counts as larger than the seed-to-seed "
+    "spread when p < 0.05.",
     "- Data: [table.csv](table.csv) (separate mean and std columns), [table.md](table.md).",
 ]
 
@@ -338,6 +341,7 @@ def build_report(client, experiment_id: str, out_dir: Path, *, filter_string: st
     if unknown:
         raise ReportError(f"--group-by {','.join(unknown)}: not a param of the selected runs")
     keys = list(group_by) if group_by is not None else default_group_by(frame) or [k for k in LABEL_KEYS if k in frame]
+    keys = dataset_first(keys)
     mixed = splitting_keys(frame, keys)
     frame["n_params"] = frame.get("n_params", pd.Series(None, index=frame.index)).replace("(unset)", None)
     frame["status"] = [r.info.status for r in runs]
@@ -346,6 +350,7 @@ def build_report(client, experiment_id: str, out_dir: Path, *, filter_string: st
         span = f"{hist['epoch'].min()}–{hist['epoch'].max()}" if len(hist) else "none"
         raise ReportError(f"--epoch {epoch}: no selected run logged that epoch (epochs logged: {span})")
     table, curves = aggregate(frame, hist, keys, epoch)
+    table = sort_by_dataset(table, keys)
     epochs = table["epoch"].dropna()
     if epoch is not None:
         at = f"epoch {epoch}"
@@ -353,7 +358,7 @@ def build_report(client, experiment_id: str, out_dir: Path, *, filter_string: st
         at = f"the last epoch ({epochs.iloc[0]})"
     else:
         at = "each run's last logged epoch (* where a configuration's runs differ)"
-    text, table_md = findings(table, at), markdown_table(table, keys, include_failed)
+    text, table_md = findings_by_dataset(table, keys, at), markdown_table(table, keys, include_failed)
     where = f" matching `{filter_string}`" if filter_string else ""
     failed = int(table["failed"].sum())
     statuses = f"runs ({len(runs) - failed} FINISHED, {failed} FAILED/KILLED)" if include_failed else "FINISHED runs"
@@ -366,6 +371,55 @@ def build_report(client, experiment_id: str, out_dir: Path, *, filter_string: st
     files = [out_dir / name for name in [*written.values(), "overview_test_acc.png"]]
     files += write_tables_and_page(out_dir, table, table_md, summary, text, written, frame)
     return Report(table, keys, table_md, text, out_dir, files, mixed)
+
+
+# --- several data sets ------------------------------------------------------------------
+
+
+def dataset_first(keys: Sequence[str]) -> list[str]:
+    """``keys`` with the data set first when it is one of them, so the table's rows group by data set."""
+    return sorted(keys, key=lambda k: k != DATASET_KEY)
+
+
+def sort_by_dataset(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """The table's rows by data set (by name), best test accuracy first within each; unchanged without one."""
+    if DATASET_KEY not in keys:
+        return table
+    return table.sort_values(DATASET_KEY, kind="stable").reset_index(drop=True)
+
+
+def _config_labels(table: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
+    others = [k for k in keys if k != DATASET_KEY]
+    return pd.Series([_label(row, others) for _, row in table.iterrows()], index=table.index)
+
+
+def findings_by_dataset(table: pd.DataFrame, keys: Sequence[str], at: str) -> str:
+    """``findings``, one paragraph per data set when the rows span several, and a line comparing their rankings."""
+    if DATASET_KEY not in keys or table[DATASET_KEY].nunique() < 2:
+        return findings(table, at)
+    table = table.assign(label=_config_labels(table, keys))
+    by_dataset = table.groupby(DATASET_KEY, sort=False)
+    paragraphs = [f"**On {dataset}:** " + findings(rows, at) for dataset, rows in by_dataset]
+    rankings = {dataset: list(rows.dropna(subset=["test_acc_mean"])["label"]) for dataset, rows in by_dataset}
+    comparison = ranking_comparison(rankings)
+    return "\n\n".join(paragraphs + ([comparison] if comparison else []))
+
+
+def ranking_comparison(rankings: Mapping[str, Sequence[str]]) -> str | None:
+    """One line saying whether the configurations that ran on every data set rank the same on each.
+
+    ``rankings``: each data set's configuration labels, best mean test accuracy first.
+    None when fewer than two configurations ran on every data set.
+    """
+    common = set.intersection(*(set(labels) for labels in rankings.values()))
+    orders = {dataset: [label for label in labels if label in common] for dataset, labels in rankings.items()}
+    if len(common) < 2:
+        return None
+    shown = "; ".join(f"{dataset}: {' > '.join(order)}" for dataset, order in orders.items())
+    names = " and ".join(orders)
+    if len({tuple(order) for order in orders.values()}) == 1:
+        return f"The {len(common)} configurations run on {names} rank the same by mean test accuracy on each: {shown}."
+    return f"The {len(common)} configurations run on {names} rank differently by mean test accuracy: {shown}."
 
 
 def run_ids_filter(run_ids: Sequence[str]) -> str:
