@@ -148,7 +148,8 @@ def _progress_factory(enabled: bool):
     return factory
 
 
-def _load_dataset(cfg: Config, start_dir: Path) -> LoadedDataset:
+def load_job_dataset(cfg: Config, start_dir: Path) -> LoadedDataset:
+    """The data set ``cfg`` names, verified (``DataError`` in one line otherwise); paths are from ``start_dir``."""
     def path(p: Optional[str]) -> Optional[str]:
         return None if p is None else str((start_dir / p).resolve())
 
@@ -203,7 +204,7 @@ def run_job(cfg: Config, ctx: JobContext) -> JobResult:
     Ctrl-C or SIGTERM, KILLED: the interrupt propagates with the job's result as ``job_result``.
     """
     name = identity.run_name(cfg, ctx.overrides)
-    dataset = _load_dataset(cfg, ctx.start_dir)  # bad data stops the job before the store is touched
+    dataset = load_job_dataset(cfg, ctx.start_dir)  # bad data stops the job before the store is touched
     tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri, ctx.start_dir)
     tracking.check_reachable(tracking_uri)
     client = tracking.MlflowClient(tracking_uri)

@@ -31,6 +31,7 @@ class PlannedJob:
     overrides: tuple[str, ...]
     fingerprint: str
     cfg: Config
+    data_digest: Optional[str] = None  # known once its data set was found and verified
 
     @classmethod
     def of(cls, cfg: Config, overrides: Sequence[str]) -> "PlannedJob":
@@ -144,7 +145,7 @@ def print_plan(tracking_uri: str, experiment: str, jobs: Optional[Sequence[Plann
     name_width = max((len(job.name) for job in jobs), default=0)
     decisions = []
     for job in jobs:
-        provenance = Provenance(code, data_digest=None)
+        provenance = Provenance(code, data_digest=job.data_digest)
         decision = Decision("new") if experiment_id is None else decide(
             client, experiment_id, job.fingerprint, job.cfg.sweep.skip_finished, job.cfg.sweep.resume, provenance,
             orphaned,

@@ -11,6 +11,7 @@ FINISHED or FAILED, and exits non-zero when a job failed.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import os
 import signal
@@ -32,7 +33,8 @@ from omegaconf.errors import OmegaConfBaseException
 from lenet_sweep import identity, tracking
 from lenet_sweep.config import Config, ConfigError, check_known_keys, one_line
 from lenet_sweep.plan import PlannedJob, print_plan
-from lenet_sweep.job import PARENT_RUN_FILE, STATUS_FILE, raise_terminated
+from lenet_sweep.data import DataError
+from lenet_sweep.job import PARENT_RUN_FILE, STATUS_FILE, load_job_dataset, raise_terminated
 
 STATUSES = ("FINISHED", "FAILED", "KILLED", "SKIPPED")
 LAUNCHES_TAG = "launches"  # how often the sweep was launched; the parent's job counts are logged at that step
@@ -120,6 +122,15 @@ def compose_every_job(config: DictConfig) -> Optional[list[PlannedJob]]:
     return planned
 
 
+def with_verified_data(jobs: list[PlannedJob], start_dir: Path) -> list[PlannedJob]:
+    """``jobs`` with their data sets' digests; each data set is found and verified once, before anything runs.
+
+    ``DataError`` (one line: where it looked, how to get it) when one is missing or damaged. Jobs
+    launched in this process find the data already loaded.
+    """
+    return [dataclasses.replace(job, data_digest=load_job_dataset(job.cfg, start_dir).digest) for job in jobs]
+
+
 _launching_pid: Optional[int] = None
 
 
@@ -194,6 +205,8 @@ class SweepCallback(Callback):
         # Hydra turns a callback's exception into a warning and goes on: exit here instead.
         try:
             jobs = compose_every_job(config)
+            if jobs is not None:
+                jobs = with_verified_data(jobs, Path.cwd())
             tracking.check_reachable(uri)
             if config.sweep.plan:  # what a launch would do, and nothing else: no run, not even the parent
                 sys.exit(print_plan(uri, config.mlflow.experiment, jobs, config.sweep.orphan_after_minutes))
@@ -205,7 +218,7 @@ class SweepCallback(Callback):
             for run_id, reason in tracking.close_orphaned_runs(self.client, experiment_id, stale_after_seconds):
                 print(f"run {run_id} was left RUNNING ({reason}); marked KILLED", file=sys.stderr)
             self.parent_run_id = open_parent_run(self.client, experiment_id, config)
-        except (ConfigError, tracking.TrackingError, SweepError) as error:
+        except (ConfigError, DataError, tracking.TrackingError, SweepError) as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         except (HydraException, OmegaConfBaseException) as error:

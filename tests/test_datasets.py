@@ -194,7 +194,7 @@ def assert_one_line_and_no_run(result, text: str, workdir: Path):
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and text in lines[0], result.stderr[-2000:]
-    assert not (workdir / "outputs" / "mlflow.db").exists() or not runs_of(workdir)[1]
+    assert not (workdir / "outputs" / "mlflow.db").exists() or not runs_of(workdir, children_only=False)[1]
 
 
 @pytest.mark.parametrize("case", ["bad root", "wrong md5", "missing"])
@@ -210,6 +210,8 @@ def test_bad_data_stops_a_run_with_one_line_before_it_exists(workdir, case):
         "missing": (["data=fashion_mnist", "data.system_dir=absent"], "fashion_mnist: IDX files not found in"),
     }[case]
     assert_one_line_and_no_run(run_cli(overrides + TINY, workdir), text, workdir)
+    # A sweep checks every job's data before its parent run exists.
+    assert_one_line_and_no_run(run_cli(["-m", "seed=0,1", *overrides, *TINY], workdir), text, workdir)
 
 
 @pytest.fixture(scope="module")
