@@ -182,6 +182,7 @@ def log_dataset_input(client, run_id: str, dataset: LoadedDataset) -> None:
     give the samples this run used (``data.train_limit``/``test_limit`` may cut them).
     """
     from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
 
     train_samples, test_samples = dataset.file_samples
     entity = Dataset(
@@ -196,4 +197,7 @@ def log_dataset_input(client, run_id: str, dataset: LoadedDataset) -> None:
         InputTag("train_samples", str(len(dataset.train))),
         InputTag("test_samples", str(len(dataset.test))),
     ]
-    client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])
+    try:
+        client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])
+    except MlflowException:  # a parallel job registered the same data set first: it exists now, so use it
+        client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])

@@ -13,28 +13,28 @@ from tests.helpers.runs import steps
 
 pytestmark = pytest.mark.slow  # CLI sweeps
 
-THREE_EPOCHS = ["train.epochs=3", "data.train_limit=2000", "data.test_limit=200", "train.threads=1"]
+FOUR_EPOCHS = ["train.epochs=4", "data.train_limit=6000", "data.test_limit=200", "train.threads=1"]
 
 
 def test_the_plan_of_a_partly_finished_sweep_says_skip_resume_new_and_creates_no_run(workdir):
-    assert run_cli(["seed=0", *THREE_EPOCHS], workdir).returncode == 0
-    killed = start_cli(["seed=1", *THREE_EPOCHS], workdir)
+    assert run_cli(["seed=0", *FOUR_EPOCHS], workdir).returncode == 0
+    killed = start_cli(["seed=1", *FOUR_EPOCHS], workdir)
     wait_for_runs(workdir, killed, lambda client, runs: any(steps(client, r.info.run_id) for r in runs if
                                                           r.data.params.get("seed") == "1"))
     os.killpg(killed.pid, signal.SIGKILL)
     killed.communicate(timeout=60)
     client, before = runs_of(workdir, children_only=False)
 
-    plan = run_cli(["-m", "seed=0,1,2", *THREE_EPOCHS, "sweep.plan=true"], workdir)
+    plan = run_cli(["-m", "seed=0,1,2", *FOUR_EPOCHS, "sweep.plan=true"], workdir)
     assert plan.returncode == 0, plan.stderr[-3000:]
     lines = plan.stdout.strip().splitlines()
     assert [line.split()[:2] for line in lines[:3]] == [
-        ["lenet·none·sgd·s0·epochs=3·train_limit=2000·test_limit=200", "skip"],
-        ["lenet·none·sgd·s1·epochs=3·train_limit=2000·test_limit=200", "resume"],
-        ["lenet·none·sgd·s2·epochs=3·train_limit=2000·test_limit=200", "new"],
+        ["lenet·none·sgd·s0·epochs=4·train_limit=6000·test_limit=200", "skip"],
+        ["lenet·none·sgd·s1·epochs=4·train_limit=6000·test_limit=200", "resume"],
+        ["lenet·none·sgd·s2·epochs=4·train_limit=6000·test_limit=200", "new"],
     ]
     assert "FINISHED" in lines[0] and "(same config, same data" in lines[0]
-    assert re.search(r"from epoch [23] of 3 \(left RUNNING by a process that is gone\)", lines[1]), lines[1]
+    assert re.search(r"from epoch [234] of 4 \(left RUNNING by a process that is gone\)", lines[1]), lines[1]
     assert lines[-1] == "3 jobs: 1 skip, 1 new, 1 resume"
     _, after = runs_of(workdir, children_only=False)
     assert {(r.info.run_id, r.info.status) for r in after} == {(r.info.run_id, r.info.status) for r in before}
