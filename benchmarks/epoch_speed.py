@@ -9,15 +9,22 @@ following, taking turns epoch by epoch:
       ``reference_pipelines``);
   a2  PyTorch's examples: ``torchvision.datasets.MNIST`` with the same transforms;
   b   this project's loop as the runner uses it: ``load_mnist`` + ``to_model_input``,
-      ``train_one_epoch`` and ``evaluate`` (eval batch 1000); on a GPU, with
-      ``fit``'s CUDA-graph training step.
+      ``fast.accelerate`` (``train.kernels=auto``), ``train_one_epoch`` and ``evaluate``
+      (eval batch 1000); on a GPU, with ``fit``'s CUDA-graph training step.
+      ``--kernels auto,off`` adds a (b) row per further setting (``b:off``), timed
+      in the same rounds: paired timings of the settings.
 
 All pipelines start from the same weights, and the first epoch visits the
 training samples in the same order in all of them. It prints a table and the check that (b) reaches the same test
 accuracy as (a) and (a2), then a scaling table of (b), and writes everything to
 ``<out>/epoch_speed.json``. ``--device cuda`` runs (b) alone with the data on the GPU.
+It names the processor, its widest vector instruction set, the thread count and,
+per (b) row, which path ran LeNet-5's conv blocks (``fused-avx512``,
+``fused-avx2``, ... or ``operators``, for training and for evaluation).
+``LENET_SWEEP_ISA=avx2`` makes (b) use the AVX2 build of the kernels on an
+AVX-512 machine (see ``lenet_sweep.fast.kernels``).
 
-    python benchmarks/epoch_speed.py [--epochs 2] [--models lenet,mlp,lenet+flip]
+    python benchmarks/epoch_speed.py [--epochs 2] [--models lenet,mlp,lenet+flip] [--kernels auto]
                                      [--skip-scaling] [--out outputs/bench] [--device cpu]
 """
 
@@ -40,10 +47,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import reference_pipelines as ref  # noqa: E402
-from lenet_sweep import fused_blocks  # noqa: E402
+from lenet_sweep import fast  # noqa: E402
+from lenet_sweep.fast import kernels as kernel_builds  # noqa: E402
 from lenet_sweep.data import balanced_subset, load_mnist, to_model_input  # noqa: E402
 from lenet_sweep.models import build_model  # noqa: E402
-from lenet_sweep.train import evaluate, graphed_step, make_optimizer, train_one_epoch  # noqa: E402
+from lenet_sweep.train import evaluate, make_optimizer, train_one_epoch  # noqa: E402
 
 LR, MOMENTUM, BATCH, EVAL_BATCH, SEED = 0.01, 0.9, 64, 1000, 0
 MODELS = {"lenet": ("lenet", 0.0), "mlp": ("mlp", 0.0), "lenet+flip": ("lenet", 0.5)}
@@ -61,14 +69,14 @@ def accuracy_tolerance(model: str) -> float:
     return FLIP_ACCURACY_TOLERANCE if hflip_p > 0 else ACCURACY_TOLERANCE
 
 
-def cpu_model() -> str:
+def kernels_build() -> str:
+    """Which build of the C kernels (b) would load here, or why none."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+        isa = kernel_builds.requested_isa()
+    except kernel_builds.Unavailable as error:
+        return f"none ({error})"
+    forced = f" (forced by {kernel_builds.ISA_VARIABLE})" if os.environ.get(kernel_builds.ISA_VARIABLE) else ""
+    return isa.name + forced
 
 
 def fresh_model(arch: str, device: str) -> torch.nn.Module:
@@ -114,16 +122,20 @@ def time_epochs(model: str, pipelines: dict[str, tuple[Epoch, Epoch]], epochs: i
     return [_summary(name, model, *times[name], last[name], n_train, n_test) for name in pipelines]
 
 
-def project_epochs(arch: str, hflip_p: float, data: tuple, device: str, batch_size: int = BATCH) -> tuple[Epoch, Epoch]:
-    """Pipeline (b): the runner's ``train_one_epoch`` / ``evaluate`` over tensors on ``device``."""
+def project_epochs(arch: str, hflip_p: float, data: tuple, device: str, batch_size: int = BATCH,
+                   kernels: str = "auto") -> tuple[Epoch, Epoch, str]:
+    """Pipeline (b): the runner's fast path, ``train_one_epoch`` and ``evaluate`` over tensors on
+    ``device``; and which path runs LeNet-5's conv blocks."""
     x, y, test_x, test_y = data
-    model = fresh_model(arch, device)
-    optimizer = make_optimizer(model, "sgd", LR, MOMENTUM)
+    fast_path = fast.accelerate(fresh_model(arch, device), device, kernels, batch_size, EVAL_BATCH)
+    model = fast_path.module
+    optimizer = make_optimizer(fast_path.parameters, "sgd", LR, MOMENTUM)
     generator = torch.Generator().manual_seed(SEED)
-    graphed = graphed_step(model, optimizer, x, y, batch_size, hflip_p)
+    graphed = fast.graphed_step(model, optimizer, x, y, batch_size, hflip_p)
     return (
         lambda: train_one_epoch(model, optimizer, x, y, batch_size, generator, hflip_p, graphed=graphed),
         lambda: evaluate(model, test_x, test_y, EVAL_BATCH),
+        fast_path.kernels,
     )
 
 
@@ -163,7 +175,7 @@ def scaling(data: tuple, device: str) -> list[dict]:
     for batch_size, fraction in cases:
         keep = balanced_subset(y.cpu(), int(len(y) * fraction), SEED).to(y.device) if fraction < 1 else None
         part = (x, y) if keep is None else (x[keep], y[keep])
-        train, test = project_epochs("lenet", 0.0, (*part, test_x, test_y), device, batch_size)
+        train, test, _ = project_epochs("lenet", 0.0, (*part, test_x, test_y), device, batch_size)
         (timed,) = time_epochs("lenet", {"b": (train, test)}, 1, len(part[1]), len(test_y))
         rows.append({"batch_size": batch_size, "fraction": fraction, "train_samples": len(part[1]), **timed})
     return rows
@@ -171,15 +183,22 @@ def scaling(data: tuple, device: str) -> list[dict]:
 
 def print_results(results: list[dict], ratios: dict, checks: list[dict]) -> None:
     header = f"{'pipeline':<9}{'model':<12}{'train s/ep':>11}{'test s/ep':>10}{'train img/s':>12}{'test img/s':>11}" \
-             f"{'train acc':>10}{'test acc':>9}{'x b':>7}"
+             f"{'train acc':>10}{'test acc':>9}{'x b':>7}  conv blocks"
     print(header)
     print("-" * len(header))
     for r in results:
         ratio = ratios.get(r["model"], {}).get(r["pipeline"])
         print(f"{r['pipeline']:<9}{r['model']:<12}{r['train_s']:>11.2f}{r['test_s']:>10.2f}"
               f"{r['train_samples_per_s']:>12,.0f}{r['test_samples_per_s']:>11,.0f}"
-              f"{r['train_acc']:>10.2f}{r['test_acc']:>9.2f}{'' if ratio is None else f'{ratio:>6.1f}x':>7}")
-    print("x b: the pipeline's (train + test) seconds per epoch over (b)'s")
+              f"{r['train_acc']:>10.2f}{r['test_acc']:>9.2f}{'' if ratio is None else f'{ratio:>6.1f}x':>7}"
+              f"  {r.get('conv_blocks', '')}")
+    print("x b: the pipeline's (train + test) seconds per epoch over (b)'s; conv blocks: the path (b) ran them on")
+    paired = [r for r in results if r["pipeline"].startswith("b:")]
+    for r in paired:
+        b = next(o for o in results if o["pipeline"] == "b" and o["model"] == r["model"])
+        pairs = ", ".join(f"{tb + eb:.2f}/{tr + er:.2f}" for tb, eb, tr, er in
+                          zip(b["train_s_each"], b["test_s_each"], r["train_s_each"], r["test_s_each"]))
+        print(f"paired epochs {r['model']}, (train + test) s, b / {r['pipeline']}: {pairs}")
     for c in checks:
         verdict = "ok" if c["ok"] else "MISMATCH"
         print(f"accuracy check {c['model']}: b {c['b']:.2f}% vs {c['reference']} {c['reference_acc']:.2f}% "
@@ -198,6 +217,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
     parser.add_argument("--models", default="lenet,mlp,lenet+flip", help=f"comma list of {', '.join(MODELS)}")
     parser.add_argument("--pipelines", default="a,a2,b", help="comma list of a, a2, b")
+    parser.add_argument("--kernels", default="auto",
+                        help="comma list of train.kernels settings for (b): the first is b, the others b:<setting>")
     parser.add_argument("--skip-scaling", action="store_true", help="skip the batch-size / data-size table")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to run (b) alone on the GPU")
@@ -207,7 +228,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.models = args.models.split(",")
     args.pipelines = ["b"] if args.device != "cpu" else args.pipelines.split(",")
+    args.kernels = args.kernels.split(",")
     unknown = [m for m in args.models if m not in MODELS] + [p for p in args.pipelines if p not in ("a", "a2", "b")]
+    unknown += [k for k in args.kernels if k not in fast.KERNEL_MODES]
     if unknown:
         parser.error(f"unknown model or pipeline: {', '.join(unknown)}")
     return args
@@ -223,23 +246,31 @@ def main(argv=None) -> dict:
     data = (to_model_input(mnist.train.images, args.device), mnist.train.labels.to(args.device),
             to_model_input(mnist.test.images, args.device), mnist.test.labels.to(args.device))
     n_train, n_test = len(mnist.train), len(mnist.test)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_model()}, device {args.device}, "
+    widest = kernel_builds.supported_isas()
+    isa, build = widest[0].name if widest else "none known", kernels_build()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {kernel_builds.cpu_model()} "
+          f"(vector ISA {isa}; kernel build {build}), device {args.device}, "
           f"{n_train:,} train / {n_test:,} test, {args.epochs} timed epochs after 1 warm-up", flush=True)
-    conv_blocks = "fused C kernels" if args.device == "cpu" and fused_blocks.kernel() else "PyTorch operators"
-    print(f"(b) runs LeNet-5's conv + Swish + pool blocks on: {conv_blocks}", flush=True)
+    print(f"(b) runs with train.kernels={args.kernels[0]}"
+          + "".join(f", b:{k} with train.kernels={k}" for k in args.kernels[1:]), flush=True)
 
     results = []
     for model in args.models:
         arch, hflip_p = MODELS[model]
-        pipelines = {}
+        pipelines, conv_blocks = {}, {}
         for pipeline in args.pipelines:
             if pipeline == "b":
-                pipelines[pipeline] = project_epochs(arch, hflip_p, data, args.device)
+                for i, kernels in enumerate(args.kernels):
+                    name = "b" if i == 0 else f"b:{kernels}"
+                    train, test, conv_blocks[name] = project_epochs(arch, hflip_p, data, args.device, kernels=kernels)
+                    pipelines[name] = (train, test)
             else:
                 pipelines[pipeline] = reference_epochs(arch, reference_loaders(pipeline, mnist, args, hflip_p > 0))
+                conv_blocks[pipeline] = "operators (writeup's forward)"
         for r in time_epochs(model, pipelines, args.epochs, n_train, n_test):
+            r["conv_blocks"] = conv_blocks[r["pipeline"]]
             results.append(r)
-            print(f"  {r['pipeline']:<3}{model:<11} train {r['train_s']:.2f} s  test {r['test_s']:.2f} s  "
+            print(f"  {r['pipeline']:<6}{model:<11} train {r['train_s']:.2f} s  test {r['test_s']:.2f} s  "
                   f"test acc {r['test_acc']:.2f}%", flush=True)
 
     by_key = {(r["pipeline"], r["model"]): r for r in results}
@@ -263,8 +294,9 @@ def main(argv=None) -> dict:
     report = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "torch": torch.__version__, "torchvision": torchvision.__version__, "python": sys.version.split()[0],
-        "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
-        "device": args.device, "conv_blocks": conv_blocks, "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "cpu": kernel_builds.cpu_model(), "vector_isa": isa, "kernel_build": build,
+        "cores": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
+        "device": args.device, "kernels": args.kernels, "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "epochs_timed": args.epochs, "warmup_epochs": 1, "train_samples": n_train, "test_samples": n_test,
         "hyperparameters": {"batch_size": BATCH, "lr": LR, "momentum": MOMENTUM, "eval_batch_size_b": EVAL_BATCH,
                             "eval_batch_size_reference": ref.BATCH_SIZE},

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from lenet_sweep import fast
 from lenet_sweep.data import load_mnist, to_model_input
 from lenet_sweep.models import build_model
 from lenet_sweep.train import DeviceData, evaluate, fit, make_optimizer, train_one_epoch
@@ -25,9 +26,9 @@ MODES = {"fp32": (None, False), "bf16": (torch.bfloat16, False), "compile": (Non
 
 def time_mode(data: DeviceData, amp_dtype, compile_model: bool, epochs: int, batch_size: int) -> dict:
     torch.manual_seed(0)
-    model = build_model("lenet").cuda()
-    optimizer = make_optimizer(model, "sgd", 0.01, 0.9)
-    trained = torch.compile(model) if compile_model else model
+    fast_path = fast.accelerate(build_model("lenet").cuda(), "cuda")
+    optimizer = make_optimizer(fast_path.parameters, "sgd", 0.01, 0.9)
+    trained = torch.compile(fast_path.module) if compile_model else fast_path.module
     marks = [time.perf_counter()]
 
     def mark(_metrics) -> None:
@@ -42,8 +43,9 @@ def time_mode(data: DeviceData, amp_dtype, compile_model: bool, epochs: int, bat
 def time_eager(data: DeviceData, epochs: int, batch_size: int) -> dict:
     """The same loop without the CUDA graph: one launch per kernel, for comparison."""
     torch.manual_seed(0)
-    model = build_model("lenet").cuda()
-    optimizer = make_optimizer(model, "sgd", 0.01, 0.9)
+    fast_path = fast.accelerate(build_model("lenet").cuda(), "cuda")
+    model = fast_path.module
+    optimizer = make_optimizer(fast_path.parameters, "sgd", 0.01, 0.9)
     generator = torch.Generator().manual_seed(0)
     seconds, test_acc = [], 0.0
     for _ in range(epochs):

@@ -20,6 +20,7 @@ OPTIMIZER_NAMES = ("sgd", "adam")
 DATA_FORMATS = ("idx", "png_dir")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("off", "bf16")
+KERNEL_MODES = ("auto", "on", "off")
 SKIP_FINISHED_MODES = ("config", "code", "never")
 SKIP_FINISHED_ALIASES = {"true": "config", "false": "never"}
 # The default data set's values, as conf/data/mnist.yaml gives them.
@@ -140,6 +141,9 @@ class TrainConfig:
     threads: int = 0
     amp: str = "off"
     compile: bool = False
+    # LeNet-5's conv blocks as C kernels on the CPU: auto (where a timing on this machine, cached,
+    # shows them faster), on (wherever they apply; an error if they cannot be built) or off.
+    kernels: str = "auto"
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", self.epochs, "must be a positive integer")
@@ -147,6 +151,7 @@ class TrainConfig:
         _require(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, "must be a positive integer")
         _require(self.threads >= 0, "train.threads", self.threads, "must be >= 0 (0 = automatic)")
         _require(self.amp in AMP_MODES, "train.amp", self.amp, "must be one of off, bf16")
+        _require(self.kernels in KERNEL_MODES, "train.kernels", self.kernels, "must be one of auto, on, off")
 
 
 @dataclass

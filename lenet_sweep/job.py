@@ -19,7 +19,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from lenet_sweep import identity, tracking
+from lenet_sweep import fast, identity, tracking
 from lenet_sweep.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from lenet_sweep.config import Config
 from lenet_sweep.data import to_model_input
@@ -178,12 +178,13 @@ class Training:
     """What one job trains, built before its run exists: a failure here leaves nothing in the store."""
 
     model: torch.nn.Module
-    trained_model: torch.nn.Module  # ``model``, or its torch.compile'd wrapper
+    trained_model: torch.nn.Module  # ``model``'s fast path (``fast.accelerate``), or its torch.compile'd wrapper
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     data: DeviceData
     device: torch.device
     dataset: LoadedDataset  # what ``data`` was made from, as the run records it
+    kernels: str  # which path runs LeNet-5's conv blocks, for the run's tags
 
 
 @dataclass(frozen=True)
@@ -236,11 +237,13 @@ def build_training(cfg: Config, ctx: JobContext, dataset: LoadedDataset) -> Trai
     data = _device_data(dataset, cfg.data.mean, cfg.data.std, device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.arch, cfg.model.regularization.dropout, cfg.model.regularization.batchnorm).to(device)
+    fast_path = fast.accelerate(model, device, cfg.train.kernels, cfg.train.batch_size, cfg.train.eval_batch_size)
     optimizer = make_optimizer(
-        model, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay
+        fast_path.parameters, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay
     )
-    trained_model = torch.compile(model) if cfg.train.compile else model
-    return Training(model, trained_model, optimizer, torch.Generator().manual_seed(cfg.seed), data, device, dataset)
+    trained_model = torch.compile(fast_path.module) if cfg.train.compile else fast_path.module
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return Training(model, trained_model, optimizer, generator, data, device, dataset, fast_path.kernels)
 
 
 def open_run(client, experiment_id: str, name: str, fingerprint: str, decision: Decision,
@@ -312,6 +315,7 @@ def _prepare_run(client, run: OpenedRun, name: str, training: Training, params: 
     tags.update(tracking.owner_tags())
     tags[tracking.CHECKPOINT_TAG] = str(run.checkpoint_path)
     tags["device"] = str(training.device)
+    tags["kernels"] = training.kernels
     parent_run_id = read_parent_run_id(ctx.sweep_dir)
     if parent_run_id:  # a run continued by a relaunch joins the sweep that now holds it
         tags[tracking.MLFLOW_PARENT_RUN_ID] = parent_run_id

@@ -11,13 +11,15 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 import torch
 from torch import nn
 
+from lenet_sweep import fast
+
 if TYPE_CHECKING:
-    from lenet_sweep.cuda_graph import GraphedTrainStep
+    from lenet_sweep.fast.cuda_graph import GraphedTrainStep
 
 
 class DivergedError(RuntimeError):
@@ -59,53 +61,14 @@ class EpochMetrics:
         )
 
 
-def pack_parameters(model: nn.Module) -> torch.Tensor:
-    """Move ``model``'s parameters into one flat buffer and their gradients into another.
-
-    Returns the flat parameter: a leaf tensor whose ``.grad`` is the flat
-    gradient. Every parameter of ``model`` becomes a view of it, with a view of
-    the flat gradient as its ``.grad``, so backward accumulates into the flat
-    gradient in place and an optimizer over the flat parameter updates the
-    whole model with one kernel and one parameter's worth of bookkeeping (4-6 %
-    off a LeNet training step on 2 cores). Values and names (``state_dict``)
-    are unchanged. Gradients must then be zeroed, never set to ``None``, or the
-    views come apart; the model must not be moved to another device afterwards.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    first = params[0]
-    flat = torch.zeros(sum(p.numel() for p in params), dtype=first.dtype, device=first.device)
-    flat_grad = torch.zeros_like(flat)
-    offset = 0
-    for module in model.modules():
-        for name, param in list(module.named_parameters(recurse=False)):
-            if not param.requires_grad:
-                continue
-            size = param.numel()
-            view = flat[offset : offset + size].view_as(param)
-            view.copy_(param.detach())
-            packed = nn.Parameter(view)
-            packed.grad = flat_grad[offset : offset + size].view_as(param)
-            setattr(module, name, packed)
-            offset += size
-    flat.requires_grad_(True)
-    flat.grad = flat_grad
-    return flat
-
-
 def make_optimizer(
-    model: nn.Module, name: str, lr: float, momentum: Optional[float] = None, weight_decay: float = 0.0
+    params: Iterable[torch.Tensor], name: str, lr: float, momentum: Optional[float] = None, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
-    """``sgd`` (with momentum) or ``adam`` over ``model``'s parameters.
-
-    On the CPU the parameters are packed first (``pack_parameters``). The fused
-    implementations update all parameters in one kernel instead of a Python
-    loop of small ops (about half of SGD's step time for LeNet on the CPU).
-    """
+    """``sgd`` (with momentum) or ``adam`` over ``params``, in PyTorch's fused implementation
+    (one kernel for all parameters instead of a Python loop of small ops)."""
     if name not in ("sgd", "adam"):
         raise ValueError(f"unknown optimizer {name!r}")
-    params = list(model.parameters())
-    if params and all(p.device.type == "cpu" for p in params):
-        params = [pack_parameters(model)]
+    params = list(params)
     fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum or 0.0, weight_decay=weight_decay, fused=fused)
@@ -139,8 +102,8 @@ def train_one_epoch(
 ) -> tuple[float, float]:
     """One pass over ``x``/``y`` in shuffled batches; returns (mean loss per sample, accuracy %).
 
-    With ``graphed`` (CUDA), every full batch is a replay of the captured step;
-    the last, smaller batch runs eagerly.
+    With ``graphed`` (``fast.graphed_step``, on a GPU), the full batches are replays
+    of a captured step; the last, smaller batch runs eagerly.
     """
     model.train()
     n = len(y)
@@ -152,12 +115,7 @@ def train_one_epoch(
     correct = torch.zeros((), dtype=torch.long, device=x.device)
     first_eager = 0
     if graphed is not None:
-        graphed.start_epoch(flips)
-        first_eager = n - n % batch_size
-        for start in range(0, first_eager, batch_size):
-            graphed(order[start : start + batch_size])
-            if progress is not None:
-                progress(batch_size)
+        first_eager = graphed.train_full_batches(order, flips, progress)
         loss_sum += graphed.loss_sum
         correct += graphed.correct
     for start in range(first_eager, n, batch_size):
@@ -201,23 +159,6 @@ def evaluate(
     return loss_sum.item() / len(y), 100.0 * correct.item() / len(y)
 
 
-def graphed_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int,
-    hflip_p: float = 0.0,
-    amp_dtype: Optional[torch.dtype] = None,
-) -> Optional[GraphedTrainStep]:
-    """The captured training step ``train_one_epoch`` replays when ``x`` is on a GPU; ``None`` on the CPU."""
-    if not x.is_cuda or len(y) < batch_size:
-        return None
-    from lenet_sweep.cuda_graph import GraphedTrainStep
-
-    return GraphedTrainStep(model, optimizer, x, y, batch_size, hflip_p > 0, amp_dtype)
-
-
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -237,7 +178,7 @@ def fit(
     ``on_epoch_end`` sees every epoch's metrics (logging, checkpoints). Raises
     ``DivergedError`` as soon as an epoch's training loss is not finite.
     """
-    graphed = graphed_step(model, optimizer, data.train_x, data.train_y, batch_size, hflip_p, amp_dtype)
+    graphed = fast.graphed_step(model, optimizer, data.train_x, data.train_y, batch_size, hflip_p, amp_dtype)
     history = []
     for epoch in range(start_epoch, epochs + 1):
         progress = progress_factory(epoch, len(data.train_y)) if progress_factory else None

@@ -7,6 +7,7 @@ parameter. A run started on one and relaunched on the other must carry its momen
 import pytest
 import torch
 
+from lenet_sweep import fast
 from lenet_sweep.checkpoint import load_checkpoint, save_checkpoint
 from lenet_sweep.models import build_model
 from lenet_sweep.train import make_optimizer
@@ -14,7 +15,7 @@ from tests.helpers.training import train_steps
 
 
 def packed_sgd(model):
-    return make_optimizer(model, "sgd", 0.01, 0.9)
+    return make_optimizer(fast.accelerate(model, "cpu", "off").parameters, "sgd", 0.01, 0.9)
 
 
 def per_parameter_sgd(model):

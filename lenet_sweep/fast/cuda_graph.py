@@ -11,7 +11,7 @@ tensor and launches the graph.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -87,14 +87,34 @@ class GraphedTrainStep:
         self.loss_sum.add_(loss.detach().float(), alpha=len(self.idx))
         self.correct.add_((logits.argmax(1) == targets).sum())
 
-    def start_epoch(self, flips: Optional[torch.Tensor] = None) -> None:
-        """Zero the epoch's sums and take its per-sample flip draw (when flipping)."""
+    def train_full_batches(self, order: torch.Tensor, flips: Optional[torch.Tensor] = None,
+                           progress: Optional[Callable[[int], None]] = None) -> int:
+        """Train on every full batch of the epoch's ``order`` (with its per-sample ``flips`` when
+        flipping), summing into ``loss_sum`` and ``correct``; returns how many samples that covered."""
         self.loss_sum.zero_()
         self.correct.zero_()
         if self.flips is not None:
             self.flips.copy_(flips)
+        batch_size = len(self.idx)
+        covered = len(order) - len(order) % batch_size
+        for start in range(0, covered, batch_size):
+            self.idx.copy_(order[start : start + batch_size])
+            self.graph.replay()
+            if progress is not None:
+                progress(batch_size)
+        return covered
 
-    def __call__(self, idx: torch.Tensor) -> None:
-        """Train on the batch ``x[idx]``, adding to the epoch's sums."""
-        self.idx.copy_(idx)
-        self.graph.replay()
+
+def graphed_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    hflip_p: float = 0.0,
+    amp_dtype: Optional[torch.dtype] = None,
+) -> Optional[GraphedTrainStep]:
+    """The captured training step ``train.train_one_epoch`` replays when ``x`` is on a GPU; ``None`` on the CPU."""
+    if not x.is_cuda or len(y) < batch_size:
+        return None
+    return GraphedTrainStep(model, optimizer, x, y, batch_size, hflip_p > 0, amp_dtype)

@@ -102,6 +102,9 @@ typedef struct {
     vf acc_w[C][K * K], acc_b[C];
 } Sums;
 
+/* The vector width this build chose (simd.h), so that the caller can say which build runs. */
+int lenet_lanes(void) { return LANES; }
+
 /* x [n, 28, 28], w [6, 25], b [6] -> out, phase, dact [n, 12, 12, 6] (channels last): the
  * pooled map, the position p = 2 dr + ds that won each window, and Swish's derivative
  * there. Runs on PyTorch's own OpenMP threads (the libgomp it loaded): threads of a second
