@@ -28,7 +28,7 @@ from lenet_sweep.models import build_model
 from lenet_sweep.train import DeviceData, evaluate, fit, make_optimizer, train_one_epoch
 from tests.helpers.cli import DATA, REPO, SMALL, run_cli, runs_of
 
-LANES = {"avx512": 16, "avx2": 16, "sse": 16, "neon": 16}
+LANES = {"avx512": 16, "avx2": 8, "sse": 4, "neon": 4}
 ISAS = [isa.name for isa in kernels.supported_isas()]
 # One epoch at lr 0.05 on 6,000 samples takes LeNet well off its initial plateau
 # (~88 % test accuracy) while staying short.
@@ -108,7 +108,7 @@ def test_outputs_and_gradients_match_pytorchs_operators(library, images, convs):
     upstream = torch.randn(len(images), 16, 4, 4)
     fused = blocks_and_grads(library, images, convs, upstream)
     reference = blocks_and_grads(None, images, convs, upstream)
-    assert fused[0].is_contiguous(memory_format=torch.channels_last) and fused[1].is_contiguous()
+    assert fused[0].is_contiguous() and fused[1].is_contiguous()
     names = ["conv1 block", "conv2 block", "d conv1 block", "d conv1.weight", "d conv1.bias", "d conv2.weight",
              "d conv2.bias"]
     for name, got, expected in zip(names, fused, reference):

@@ -15,7 +15,7 @@ import torch
 from lenet_sweep.fast.kernels import Library
 
 IMAGE_SHAPE = (1, 28, 28)
-POOLED1 = (12, 12, 6)  # conv1's pooled map, channels last
+POOLED1 = (6, 12, 12)  # conv1's pooled map
 POOLED2 = (16, 4, 4)  # conv2's pooled map, NCHW: conv3 reads it flat
 WINNERS2 = (4, 4, 16)  # conv2's window winners and Swish derivatives, channels last
 
@@ -27,7 +27,7 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
         x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and tuple(x.shape[1:]) == IMAGE_SHAPE
-        and tuple(weight.shape) == (POOLED1[2], 1, 5, 5)
+        and tuple(weight.shape) == (POOLED1[0], 1, 5, 5)
         and not x.requires_grad
     )
 
@@ -52,7 +52,7 @@ def _block_forward(entry, x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 
 
 class Conv1SiluPool(torch.autograd.Function):
-    """conv1's block, ``max_pool2d(silu(conv2d(x, weight, bias)), 2)`` -> [N, 6, 12, 12], channels-last strides.
+    """conv1's block, ``max_pool2d(silu(conv2d(x, weight, bias)), 2)`` -> [N, 6, 12, 12], contiguous.
 
     Gradients flow to ``weight`` and ``bias`` (not to ``x``); ties in a pooling
     window send the gradient to its first maximum, as ``max_pool2d`` does. Runs
@@ -65,14 +65,14 @@ class Conv1SiluPool(torch.autograd.Function):
         out, phase, dact, _ = _block_forward(lib.cdll.conv1_forward, x, weight, bias, POOLED1, POOLED1)
         ctx.lib = lib
         ctx.save_for_backward(x, phase, dact)
-        return out.permute(0, 3, 1, 2)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, phase, dact = ctx.saved_tensors
-        grad = grad.permute(0, 2, 3, 1).contiguous()
-        grad_weight = torch.empty(POOLED1[2], 1, 5, 5)
-        grad_bias = torch.empty(POOLED1[2])
+        grad = grad.contiguous()
+        grad_weight = torch.empty(POOLED1[0], 1, 5, 5)
+        grad_bias = torch.empty(POOLED1[0])
         _check(ctx.lib.cdll.conv1_backward(x.data_ptr(), grad.data_ptr(), phase.data_ptr(), dact.data_ptr(),
                                            x.shape[0], grad_weight.data_ptr(), grad_bias.data_ptr(),
                                            torch.get_num_threads()))
@@ -87,7 +87,7 @@ class Conv2SiluPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lib: Library, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1).contiguous()  # a view when x comes from Conv1SiluPool
+        x = x.contiguous()
         out, phase, dact, weight = _block_forward(lib.cdll.conv2_forward, x, weight, bias, POOLED2, WINNERS2)
         ctx.lib = lib
         ctx.save_for_backward(x, weight, phase, dact)
@@ -103,4 +103,4 @@ class Conv2SiluPool(torch.autograd.Function):
         _check(ctx.lib.cdll.conv2_backward(x.data_ptr(), weight.data_ptr(), grad.data_ptr(), phase.data_ptr(),
                                            dact.data_ptr(), x.shape[0], grad_x.data_ptr(), grad_weight.data_ptr(),
                                            grad_bias.data_ptr(), torch.get_num_threads()))
-        return None, grad_x.permute(0, 3, 1, 2), grad_weight, grad_bias
+        return None, grad_x, grad_weight, grad_bias

@@ -1,18 +1,34 @@
 /* LeNet-5's first block, max_pool2d(silu(conv2d(x, w, b)), 2), fused: 28x28 one-channel
- * images, 6 output channels, 5x5 kernels -> 24x24 -> pooled 12x12 (channels last).
+ * images, 6 output channels, 5x5 kernels -> 24x24 -> pooled 12x12 (NCHW).
  *
  * Through PyTorch's operators this block is five memory-bound passes over the 24x24x6 map
  * per step (convolution, Swish, pooling; in backward the pooling's zero fill and scatter,
  * Swish's derivative), and at batch 64 that map does not fit in L2. Here it lives only in
  * registers: forward writes the pooled map, which window position won each window and
- * Swish's derivative there; backward reads those to accumulate the weight gradient. */
+ * Swish's derivative there; backward reads those to accumulate the weight gradient. All
+ * three are NCHW, so that a vector of windows of one channel is one load or store (scalar
+ * scatters into a vector on the stack stall on store forwarding).
+ *
+ * A vector holds LANES pooling windows of one pooled row: one block at 16 lanes (12 used),
+ * blocks starting at windows 0 and 4 at 8 lanes, 0, 4 and 8 at 4 lanes. GROUP channels are
+ * accumulated at a time, 4 window positions each, so that the accumulators, the image run
+ * and the weights fit the registers: 6 channels with 32 registers, 3 with 16. */
 #include "simd.h"
 
 #define IN 28
 #define K 5
 #define POOL 12
 #define C 6
-#define ROW 32 /* a split image row: 14 values, zeros so 16-wide loads at offsets <= 2 stay in it */
+#define ROW 32 /* a split image row: 14 values, zeros so loads at offsets <= 2 + POOL - LANES stay in it */
+#define BLOCKS ((POOL + LANES - 1) / LANES)
+#define STORED (LANES < POOL ? LANES : POOL) /* windows a block stores: 12 of 16 lanes at most */
+#define GROUP (VREGS >= 32 ? 6 : 3)
+
+/* The first window of column block `block`: blocks overlap where LANES does not divide POOL. */
+static inline int block_start(int block) {
+    const int start = block * LANES;
+    return LANES >= POOL ? 0 : (start + LANES > POOL ? POOL - LANES : start);
+}
 
 /* xs[parity][row][m] = x[row][2m + parity]: the convolution at one position of every
  * pooling window in a row then reads one contiguous run of it per kernel tap. */
@@ -25,44 +41,59 @@ static void split_columns(const float *x, float xs[2][IN][ROW]) {
 }
 
 /* The image run that kernel tap (u, v) meets at window position p = 2 dr + ds of the
- * windows in pooled row i. */
-static inline vf tap(float xs[2][IN][ROW], int i, int p, int u, int v) {
+ * windows j0.. of pooled row i. */
+static inline vf tap(float xs[2][IN][ROW], int i, int j0, int p, int u, int v) {
     const int col = (p & 1) + v;
-    return load(&xs[col & 1][2 * i + (p >> 1) + u][col >> 1]);
+    return load(&xs[col & 1][2 * i + (p >> 1) + u][j0 + (col >> 1)]);
 }
 
-/* y[c][p]: the convolution at position p of windows (i, 0..11), all channels at once, so
- * that each load of the image feeds six multiply-adds. */
-static inline void conv_row(float xs[2][IN][ROW], const float *w, const float *b, int i, vf y[C][4]) {
+/* wb[c][tap] = w[c][tap] in every lane: multiply-adds read it from memory instead of holding
+ * broadcast weights in registers the accumulators need. */
+static void broadcast_weights(const float *w, vf wb[C][K * K]) {
     for (int c = 0; c < C; c++)
-        for (int p = 0; p < 4; p++) y[c][p] = splat(b[c]);
-    for (int u = 0; u < K; u++)
-        for (int v = 0; v < K; v++)
-            for (int p = 0; p < 4; p++) {
-                const vf xv = tap(xs, i, p, u, v);
-                for (int c = 0; c < C; c++) y[c][p] += w[(c * K + u) * K + v] * xv;
-            }
+        for (int t = 0; t < K * K; t++) wb[c][t] = splat(w[c * K * K + t]);
 }
 
-static void forward_images(const float *x, const float *w, const float *b, int64_t n,
+/* y[c][p]: the convolution of channels c0.. at position p of windows (i, j0..), all
+ * GROUP channels at once, so that each load of the image feeds GROUP multiply-adds. */
+static inline void conv_group(float xs[2][IN][ROW], vf wb[C][K * K], const float *b, int i, int j0, int c0,
+                              vf y[GROUP][4]) {
+    for (int c = 0; c < GROUP; c++)
+        for (int p = 0; p < 4; p++) y[c][p] = splat(b[c0 + c]);
+    for (int u = 0; u < K; u++)
+        for (int v = 0; v < K; v++) {
+            vf wv[GROUP];
+            for (int c = 0; c < GROUP; c++) wv[c] = wb[c0 + c][u * K + v];
+            for (int p = 0; p < 4; p++) {
+                const vf xv = tap(xs, i, j0, p, u, v);
+                for (int c = 0; c < GROUP; c++) y[c][p] += wv[c] * xv;
+            }
+        }
+}
+
+static void forward_images(const float *x, vf wb[C][K * K], const float *b, int64_t n,
                            float *out, uint8_t *phase, float *dact) {
     float xs[2][IN][ROW];
     memset(xs, 0, sizeof xs);
     for (int64_t img = 0; img < n; img++) {
         split_columns(x + img * IN * IN, xs);
-        for (int i = 0; i < POOL; i++) {
-            vf y[C][4], best[C], best_da[C], best_p[C];
-            conv_row(xs, w, b, i, y);
-            for (int c = 0; c < C; c++)
-                for (int p = 0; p < 4; p++) pool_swish(y[c][p], p, &best[c], &best_da[c], &best_p[c]);
-            int64_t o = (img * POOL + i) * POOL * C;
-            for (int j = 0; j < POOL; j++)
-                for (int c = 0; c < C; c++) {
-                    out[o + j * C + c] = best[c][j];
-                    dact[o + j * C + c] = best_da[c][j];
-                    phase[o + j * C + c] = (uint8_t)best_p[c][j];
+        for (int i = 0; i < POOL; i++)
+            for (int block = 0; block < BLOCKS; block++) {
+                const int j0 = block_start(block);
+                for (int c0 = 0; c0 < C; c0 += GROUP) {
+                    vf y[GROUP][4], best[GROUP], best_da[GROUP];
+                    vi best_p[GROUP];
+                    conv_group(xs, wb, b, i, j0, c0, y);
+                    for (int c = 0; c < GROUP; c++) {
+                        pool_swish(y[c], &best[c], &best_da[c], &best_p[c]);
+                        /* Overlapping blocks write the same bits twice. */
+                        const int64_t o = ((img * C + c0 + c) * POOL + i) * POOL + j0;
+                        store_first(out + o, best[c], STORED);
+                        store_first(dact + o, best_da[c], STORED);
+                        store_first_bytes(phase + o, best_p[c], STORED);
+                    }
                 }
-        }
+            }
     }
 }
 
@@ -72,29 +103,34 @@ static void backward_images(const float *x, const float *grad, const uint8_t *ph
     memset(xs, 0, sizeof xs);
     for (int64_t img = 0; img < n; img++) {
         split_columns(x + img * IN * IN, xs);
-        for (int i = 0; i < POOL; i++) {
-            int64_t o = (img * POOL + i) * POOL * C;
-            /* The gradient at the convolution's output: at each window's winner, zero elsewhere. */
-            vf g[C][4];
-            for (int c = 0; c < C; c++) {
-                float rows[4][LANES];
-                memset(rows, 0, sizeof rows);
-                for (int j = 0; j < POOL; j++)
-                    rows[phase[o + j * C + c]][j] = grad[o + j * C + c] * dact[o + j * C + c];
-                for (int p = 0; p < 4; p++) g[c][p] = load(rows[p]);
-                acc_b[c] += g[c][0] + g[c][1] + g[c][2] + g[c][3];
-            }
-            for (int u = 0; u < K; u++)
-                for (int v = 0; v < K; v++) {
-                    vf sum[C];
-                    for (int c = 0; c < C; c++) sum[c] = acc_w[c][u * K + v];
-                    for (int p = 0; p < 4; p++) {
-                        const vf xv = tap(xs, i, p, u, v);
-                        for (int c = 0; c < C; c++) sum[c] += g[c][p] * xv;
+        for (int i = 0; i < POOL; i++)
+            for (int block = 0; block < BLOCKS; block++) {
+                const int j0 = block_start(block);
+                /* The lanes whose windows are this block's: not an earlier block's, not past the row. */
+                vi own;
+                for (int l = 0; l < LANES; l++) own[l] = j0 + l >= block * LANES && j0 + l < POOL ? -1 : 0;
+                for (int c0 = 0; c0 < C; c0 += GROUP) {
+                    /* The gradient at the convolution's output: at each window's winner, zero elsewhere. */
+                    vf g[GROUP][4];
+                    for (int c = 0; c < GROUP; c++) {
+                        const int64_t o = ((img * C + c0 + c) * POOL + i) * POOL + j0;
+                        const vf gd = blend(own, load_first(grad + o, STORED) * load_first(dact + o, STORED), splat(0.0f));
+                        const vi winner = load_first_bytes(phase + o, STORED);
+                        for (int p = 0; p < 4; p++) g[c][p] = blend(winner == p, gd, splat(0.0f));
+                        acc_b[c0 + c] += gd;
                     }
-                    for (int c = 0; c < C; c++) acc_w[c][u * K + v] = sum[c];
+                    for (int u = 0; u < K; u++)
+                        for (int v = 0; v < K; v++) {
+                            vf sum[GROUP];
+                            for (int c = 0; c < GROUP; c++) sum[c] = acc_w[c0 + c][u * K + v];
+                            for (int p = 0; p < 4; p++) {
+                                const vf xv = tap(xs, i, j0, p, u, v);
+                                for (int c = 0; c < GROUP; c++) sum[c] += g[c][p] * xv;
+                            }
+                            for (int c = 0; c < GROUP; c++) acc_w[c0 + c][u * K + v] = sum[c];
+                        }
                 }
-        }
+            }
     }
 }
 
@@ -105,22 +141,24 @@ typedef struct {
 /* The vector width this build chose (simd.h), so that the caller can say which build runs. */
 int lenet_lanes(void) { return LANES; }
 
-/* x [n, 28, 28], w [6, 25], b [6] -> out, phase, dact [n, 12, 12, 6] (channels last): the
+/* x [n, 28, 28], w [6, 25], b [6] -> out, phase, dact [n, 6, 12, 12]: the
  * pooled map, the position p = 2 dr + ds that won each window, and Swish's derivative
  * there. Runs on PyTorch's own OpenMP threads (the libgomp it loaded): threads of a second
  * pool would wait for the cores its idle workers spin on. Returns 0. */
 int conv1_forward(const float *x, const float *w, const float *b, int64_t n,
                   float *out, uint8_t *phase, float *dact, int threads) {
+    vf wb[C][K * K];
+    broadcast_weights(w, wb);
     threads = thread_count(threads, n);
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int t = 0; t < threads; t++) {
         int64_t lo = first_image(n, t, threads), o = lo * POOL * POOL * C;
-        forward_images(x + lo * IN * IN, w, b, first_image(n, t + 1, threads) - lo, out + o, phase + o, dact + o);
+        forward_images(x + lo * IN * IN, wb, b, first_image(n, t + 1, threads) - lo, out + o, phase + o, dact + o);
     }
     return 0;
 }
 
-/* grad [n, 12, 12, 6], the gradient of the pooled map, and forward's phase and dact ->
+/* grad [n, 6, 12, 12], the gradient of the pooled map, and forward's phase and dact ->
  * grad_w [6, 25], grad_b [6]. The threads' sums are added in a fixed order, so the same
  * number of threads gives the same bits. Returns 0, or -1 when out of memory. */
 int conv1_backward(const float *x, const float *grad, const uint8_t *phase, const float *dact, int64_t n,
