@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from functools import partial
 
 import numpy as np
 import pytest
@@ -80,11 +81,7 @@ def blocks_and_grads(library, x, convs, upstream):
     if library is None:
         first = second = reference_block
     else:
-        def first(*args):
-            return Conv1SiluPool.apply(library, *args)
-
-        def second(*args):
-            return Conv2SiluPool.apply(library, *args)
+        first, second = partial(Conv1SiluPool.apply, library), partial(Conv2SiluPool.apply, library)
     hidden = first(x, conv1.weight, conv1.bias)
     hidden.retain_grad()
     out = second(hidden, conv2.weight, conv2.bias)
@@ -94,6 +91,7 @@ def blocks_and_grads(library, x, convs, upstream):
 
 
 # The C kernels against PyTorch's operators, for every build.
+
 
 def test_kernels_build_on_this_machine():
     if shutil.which("cc") is None:
@@ -109,8 +107,15 @@ def test_outputs_and_gradients_match_pytorchs_operators(library, images, convs):
     fused = blocks_and_grads(library, images, convs, upstream)
     reference = blocks_and_grads(None, images, convs, upstream)
     assert fused[0].is_contiguous() and fused[1].is_contiguous()
-    names = ["conv1 block", "conv2 block", "d conv1 block", "d conv1.weight", "d conv1.bias", "d conv2.weight",
-             "d conv2.bias"]
+    names = [
+        "conv1 block",
+        "conv2 block",
+        "d conv1 block",
+        "d conv1.weight",
+        "d conv1.bias",
+        "d conv2.weight",
+        "d conv2.bias",
+    ]
     for name, got, expected in zip(names, fused, reference):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item(), msg=name)
 
@@ -190,8 +195,9 @@ def test_without_a_working_compiler_auto_falls_back_and_on_refuses(tmp_path, com
         "    print('refused:', error)\n"
     )
     env = {"PATH": "/usr/bin:/bin", "CC": compiler, "XDG_CACHE_HOME": str(tmp_path), "HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     reason = "no C compiler" if compiler.startswith("/") else "could not build LeNet-5's block kernels"
     assert f"train.kernels=auto: {reason}" in result.stderr
@@ -200,6 +206,7 @@ def test_without_a_working_compiler_auto_falls_back_and_on_refuses(tmp_path, com
 
 
 # The fast path against the plain model.
+
 
 def loss_and_grads(model, forward, images, labels):
     # Same seed before each pass: dropout draws the same mask in both.
@@ -252,13 +259,18 @@ def test_batch_norm_by_phases_keeps_the_models_statistics(subset):
     fast_model = fast.accelerate(model, "cpu", "auto").module
     fast_model(x), reference(x)  # training mode: both update their running statistics
     for name in ("running_mean", "running_var"):
-        torch.testing.assert_close(getattr(model.conv1_bn, name), getattr(reference.conv1_bn, name), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            getattr(model.conv1_bn, name), getattr(reference.conv1_bn, name), rtol=1e-5, atol=1e-6
+        )
     fast_model.eval(), reference.eval()
     torch.testing.assert_close(fast_model(x), reference(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernels_setting,batchnorm", [("on", False), ("off", False), ("off", True)],
-                         ids=["kernels", "channels-last", "by-phases"])
+@pytest.mark.parametrize(
+    "kernels_setting,batchnorm",
+    [("on", False), ("off", False), ("off", True)],
+    ids=["kernels", "channels-last", "by-phases"],
+)
 def test_max_pool_ties_go_where_max_pool2d_sends_them(kernels_setting, batchnorm, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     if kernels_setting == "on" and not ISAS:
@@ -297,8 +309,9 @@ def edited_forward_lenet():
     return model
 
 
-@pytest.mark.parametrize("make", [relu_lenet, avg_pool_lenet, edited_forward_lenet],
-                         ids=["relu", "avg-pool", "edited-forward"])
+@pytest.mark.parametrize(
+    "make", [relu_lenet, avg_pool_lenet, edited_forward_lenet], ids=["relu", "avg-pool", "edited-forward"]
+)
 def test_the_fast_path_does_not_stand_in_for_a_different_network(make):
     torch.manual_seed(0)
     model = make()
@@ -361,23 +374,34 @@ def test_one_epoch_on_the_fast_path_reaches_the_plain_models_accuracy(subset):
 
 def test_same_seed_gives_identical_metrics_whether_or_not_auto_calibrates(subset, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    data = DeviceData(to_model_input(subset.train.images[:640]), subset.train.labels[:640],
-                      to_model_input(subset.test.images[:200]), subset.test.labels[:200])
+    data = DeviceData(
+        to_model_input(subset.train.images[:640]),
+        subset.train.labels[:640],
+        to_model_input(subset.test.images[:200]),
+        subset.test.labels[:200],
+    )
 
     def run():
         torch.manual_seed(0)
         model = build_model("lenet", dropout=0.2)
         path = fast.accelerate(model, "cpu", "auto")
-        history = fit(path.module, make_optimizer(path.parameters, "sgd", 0.01, 0.9), data, 2, 64, 1000,
-                      torch.Generator().manual_seed(0), hflip_p=0.5)
+        history = fit(
+            path.module,
+            make_optimizer(path.parameters, "sgd", 0.01, 0.9),
+            data,
+            2,
+            64,
+            1000,
+            torch.Generator().manual_seed(0),
+            hflip_p=0.5,
+        )
         return [{k: v for k, v in m.as_dict().items() if k != "epoch_seconds"} for m in history]
 
     first = run()  # calibrates (when the kernels build here)
     assert first == run()  # reads the cached verdict
 
 
-def test_auto_decides_once_per_machine_and_prefers_operators_unless_kernels_clearly_win(tmp_path, monkeypatch,
-                                                                                        caplog):
+def test_auto_decides_once_per_machine_and_prefers_operators_unless_kernels_clearly_win(tmp_path, monkeypatch, caplog):
     if not ISAS:
         pytest.skip("no kernel build for this processor")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -407,11 +431,15 @@ def test_the_project_input_is_the_writeups_transform_output(subset):
 
 # The runner with each setting.
 
+
 @pytest.mark.slow
 def test_the_runner_records_which_path_ran_for_each_setting(workdir, tmp_path):
     cache = tmp_path / "cache"
-    result = run_cli(["-m", "model=lenet", "train.kernels=auto,on,off", "sweep.skip_finished=false", *SMALL],
-                     workdir, XDG_CACHE_HOME=str(cache))
+    result = run_cli(
+        ["-m", "model=lenet", "train.kernels=auto,on,off", "sweep.skip_finished=false", *SMALL],
+        workdir,
+        XDG_CACHE_HOME=str(cache),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     _, runs = runs_of(workdir)
     tags = {r.data.params["train.kernels"]: r.data.tags["kernels"] for r in runs}
@@ -425,11 +453,13 @@ def test_the_runner_records_which_path_ran_for_each_setting(workdir, tmp_path):
 
 @pytest.mark.slow
 def test_on_without_a_compiler_fails_before_any_run(workdir, tmp_path):
-    result = run_cli(["model=lenet", "train.kernels=on", *SMALL], workdir, CC="/nonexistent/cc",
-                     XDG_CACHE_HOME=str(tmp_path))
+    result = run_cli(
+        ["model=lenet", "train.kernels=on", *SMALL], workdir, CC="/nonexistent/cc", XDG_CACHE_HOME=str(tmp_path)
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "error: train.kernels='on': no C compiler (/nonexistent/cc)")
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith("error: train.kernels='on': no C compiler (/nonexistent/cc)")
+    )
     _, runs = runs_of(workdir)
     assert runs == []
 
@@ -437,13 +467,25 @@ def test_on_without_a_compiler_fails_before_any_run(workdir, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fit_on_cuda_matches_the_plain_model(subset):
     device = torch.device("cuda")
-    data = DeviceData(to_model_input(subset.train.images[:1000], device), subset.train.labels[:1000].to(device),
-                      to_model_input(subset.test.images[:500], device), subset.test.labels[:500].to(device))
+    data = DeviceData(
+        to_model_input(subset.train.images[:1000], device),
+        subset.train.labels[:1000].to(device),
+        to_model_input(subset.test.images[:500], device),
+        subset.test.labels[:500].to(device),
+    )
     torch.manual_seed(0)
     model = build_model("lenet").to(device)
     path = fast.accelerate(model, device, "auto")
-    history = fit(path.module, make_optimizer(path.parameters, "sgd", LR, 0.9), data, 1, 64, 1000,
-                  torch.Generator().manual_seed(0), hflip_p=0.5)
+    history = fit(
+        path.module,
+        make_optimizer(path.parameters, "sgd", LR, 0.9),
+        data,
+        1,
+        64,
+        1000,
+        torch.Generator().manual_seed(0),
+        hflip_p=0.5,
+    )
     assert torch.isfinite(torch.tensor(history[-1].train_loss))
     # cuDNN would otherwise run both convolutions in TF32, rounding them differently.
     with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):

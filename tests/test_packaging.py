@@ -41,3 +41,5 @@ def test_a_wheel_install_runs_a_job_from_an_empty_directory(installed_wheel, tmp
     _, runs = runs_of(tmp_path)
     assert [r.info.status for r in runs] == ["FINISHED"]
     assert runs[0].data.params["model.name"] == "lenet"
+    if shutil.which("cc"):  # the wheel carries the kernels' C sources: they build and train.kernels=auto times them
+        assert "train.kernels=auto: train=" in result.stdout + result.stderr, result.stderr[-3000:]

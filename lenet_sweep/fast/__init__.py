@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -48,8 +47,13 @@ class FastPath:
     kernels: str  # which path runs LeNet-5's conv blocks, e.g. "train=fused-avx2 eval=operators"
 
 
-def accelerate(model: nn.Module, device: torch.device | str, kernels: str = "auto", batch_size: int = 64,
-               eval_batch_size: int = 1000) -> FastPath:
+def accelerate(
+    model: nn.Module,
+    device: torch.device | str,
+    kernels: str = "auto",
+    batch_size: int = 64,
+    eval_batch_size: int = 1000,
+) -> FastPath:
     """The fast path for ``model`` (already on ``device``), trained at ``batch_size`` and evaluated at
     ``eval_batch_size``.
 
@@ -73,12 +77,13 @@ def accelerate(model: nn.Module, device: torch.device | str, kernels: str = "aut
     return FastPath(module, params, f"train={_label(train_kernels)} eval={_label(eval_kernels)}")
 
 
-def _label(kernels: Optional[Library]) -> str:
+def _label(kernels: Library | None) -> str:
     return OPERATORS if kernels is None else kernels.label
 
 
-def _choose_kernels(model: nn.Module, device: torch.device, mode: str, batch_size: int,
-                    eval_batch_size: int) -> tuple[Optional[Library], Optional[Library]]:
+def _choose_kernels(
+    model: nn.Module, device: torch.device, mode: str, batch_size: int, eval_batch_size: int
+) -> tuple[Library | None, Library | None]:
     """The kernels for training and for evaluation (None: PyTorch's operators), as ``mode`` asks."""
     if mode == "off":
         return None, None
@@ -103,13 +108,19 @@ def _choose_kernels(model: nn.Module, device: torch.device, mode: str, batch_siz
         return library, library
     verdict, path, cached = calibrate.cached_or_measured(model, library, batch_size, eval_batch_size)
     chosen = (library if verdict.train.fused_wins else None, library if verdict.eval.fused_wins else None)
-    log.info("train.kernels=auto: train=%s eval=%s (%s, %s; %d threads: %s)", _label(chosen[0]), _label(chosen[1]),
-             f"calibrated {verdict.measured}" if cached else "calibrated now", path,
-             torch.get_num_threads(), verdict.describe(batch_size, eval_batch_size))
+    log.info(
+        "train.kernels=auto: train=%s eval=%s (%s, %s; %d threads: %s)",
+        _label(chosen[0]),
+        _label(chosen[1]),
+        f"calibrated {verdict.measured}" if cached else "calibrated now",
+        path,
+        torch.get_num_threads(),
+        verdict.describe(batch_size, eval_batch_size),
+    )
     return chosen
 
 
-def _stand_in(model: nn.Module, train_kernels: Optional[Library], eval_kernels: Optional[Library]) -> nn.Module:
+def _stand_in(model: nn.Module, train_kernels: Library | None, eval_kernels: Library | None) -> nn.Module:
     """``FastLeNet`` over ``model`` when it computes ``model``'s function (checked on a few random
     images, so that a change to ``LeNet5.forward`` cannot leave the fast path behind); else ``model``."""
     if unsupported(model) is not None:
@@ -121,7 +132,10 @@ def _stand_in(model: nn.Module, train_kernels: Optional[Library], eval_kernels: 
         for kernels in {None, train_kernels or eval_kernels}:
             got = FastLeNet(probe_model, kernels, kernels).eval()(probe)
             if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5, equal_nan=True):
-                log.warning("the fast LeNet-5 path does not compute LeNet5.forward's function (max difference "
-                            "%.3g): the model runs as written, slower", (got - expected).abs().max().item())
+                log.warning(
+                    "the fast LeNet-5 path does not compute LeNet5.forward's function (max difference "
+                    "%.3g): the model runs as written, slower",
+                    (got - expected).abs().max().item(),
+                )
                 return model
     return FastLeNet(model, train_kernels, eval_kernels)

@@ -32,13 +32,16 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def _check(status: int) -> None:
-    if status != 0:
+def _call(entry, *args) -> None:
+    """``entry`` on ``args`` (tensors as pointers to their data) and the thread count; 0 means done."""
+    pointers = [arg.data_ptr() if isinstance(arg, torch.Tensor) else arg for arg in args]
+    if entry(*pointers, torch.get_num_threads()) != 0:
         raise MemoryError("LeNet-5 block kernel: out of memory")
 
 
-def _block_forward(entry, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                   out_shape: tuple, winners_shape: tuple) -> tuple[torch.Tensor, ...]:
+def _block_forward(
+    entry, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out_shape: tuple, winners_shape: tuple
+) -> tuple[torch.Tensor, ...]:
     """Runs a block's forward kernel on contiguous ``x``: (pooled map, window winners,
     Swish's derivative at the winners, the weight as the kernel read it)."""
     n = x.shape[0]
@@ -46,8 +49,7 @@ def _block_forward(entry, x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     phase = torch.empty(n, *winners_shape, dtype=torch.uint8)
     dact = torch.empty(n, *winners_shape)
     weight, bias = weight.detach().contiguous(), bias.detach().contiguous()
-    _check(entry(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), n, out.data_ptr(), phase.data_ptr(),
-                 dact.data_ptr(), torch.get_num_threads()))
+    _call(entry, x, weight, bias, n, out, phase, dact)
     return out, phase, dact, weight
 
 
@@ -73,9 +75,7 @@ class Conv1SiluPool(torch.autograd.Function):
         grad = grad.contiguous()
         grad_weight = torch.empty(POOLED1[0], 1, 5, 5)
         grad_bias = torch.empty(POOLED1[0])
-        _check(ctx.lib.cdll.conv1_backward(x.data_ptr(), grad.data_ptr(), phase.data_ptr(), dact.data_ptr(),
-                                           x.shape[0], grad_weight.data_ptr(), grad_bias.data_ptr(),
-                                           torch.get_num_threads()))
+        _call(ctx.lib.cdll.conv1_backward, x, grad, phase, dact, x.shape[0], grad_weight, grad_bias)
         return None, None, grad_weight, grad_bias
 
 
@@ -100,7 +100,5 @@ class Conv2SiluPool(torch.autograd.Function):
         grad_x = torch.empty_like(x)
         grad_weight = torch.empty_like(weight)
         grad_bias = torch.empty(weight.shape[0])
-        _check(ctx.lib.cdll.conv2_backward(x.data_ptr(), weight.data_ptr(), grad.data_ptr(), phase.data_ptr(),
-                                           dact.data_ptr(), x.shape[0], grad_x.data_ptr(), grad_weight.data_ptr(),
-                                           grad_bias.data_ptr(), torch.get_num_threads()))
+        _call(ctx.lib.cdll.conv2_backward, x, weight, grad, phase, dact, x.shape[0], grad_x, grad_weight, grad_bias)
         return None, grad_x, grad_weight, grad_bias

@@ -19,9 +19,9 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -65,8 +65,10 @@ class Verdict:
     measured: str  # when, ISO 8601
 
     def describe(self, batch_size: int, eval_batch_size: int) -> str:
-        return (f"training step at batch {batch_size}: kernels vs operators {self.train.summary()}; "
-                f"evaluation at batch {min(eval_batch_size, EVAL_BATCH_CAP)}: {self.eval.summary()}")
+        return (
+            f"training step at batch {batch_size}: kernels vs operators {self.train.summary()}; "
+            f"evaluation at batch {min(eval_batch_size, EVAL_BATCH_CAP)}: {self.eval.summary()}"
+        )
 
 
 def _paired_rounds(fused: Callable[[], None], operators: Callable[[], None]) -> Timing:
@@ -97,12 +99,14 @@ def measure(model: LeNet5, kernels: Library, batch_size: int, eval_batch_size: i
     def train_step(module: FastLeNet) -> Callable[[], None]:
         def step() -> None:
             torch.autograd.grad(F.cross_entropy(module(x), y), params)
+
         return step
 
     def eval_step(module: FastLeNet) -> Callable[[], None]:
         def step() -> None:
             with torch.inference_mode():
                 module(eval_x)
+
         return step
 
     with torch.random.fork_rng(devices=[]):  # dropout draws must not shift the run's random stream
@@ -114,13 +118,21 @@ def measure(model: LeNet5, kernels: Library, batch_size: int, eval_batch_size: i
 
 
 def verdict_path(kernels: Library, batch_size: int, eval_batch_size: int) -> Path:
-    key = "\0".join([kernels.path.name, str(torch.get_num_threads()), str(batch_size),
-                     str(min(eval_batch_size, EVAL_BATCH_CAP)), torch.__version__])
+    key = "\0".join(
+        [
+            kernels.path.name,
+            str(torch.get_num_threads()),
+            str(batch_size),
+            str(min(eval_batch_size, EVAL_BATCH_CAP)),
+            torch.__version__,
+        ]
+    )
     return cache_dir() / f"verdict-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
-def cached_or_measured(model: LeNet5, kernels: Library, batch_size: int,
-                       eval_batch_size: int) -> tuple[Verdict, Path, bool]:
+def cached_or_measured(
+    model: LeNet5, kernels: Library, batch_size: int, eval_batch_size: int
+) -> tuple[Verdict, Path, bool]:
     """The verdict for this machine and setting: (verdict, its file, whether it came from the cache)."""
     path = verdict_path(kernels, batch_size, eval_batch_size)
     try:

@@ -10,8 +10,8 @@ tensor and launches the graph.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ class GraphedTrainStep:
         y: torch.Tensor,
         batch_size: int,
         hflip: bool,
-        amp_dtype: Optional[torch.dtype] = None,
+        amp_dtype: torch.dtype | None = None,
         warmup_steps: int = 3,
     ) -> None:
         self.model, self.optimizer, self.x, self.y = model, optimizer, x, y
@@ -87,8 +87,9 @@ class GraphedTrainStep:
         self.loss_sum.add_(loss.detach().float(), alpha=len(self.idx))
         self.correct.add_((logits.argmax(1) == targets).sum())
 
-    def train_full_batches(self, order: torch.Tensor, flips: Optional[torch.Tensor] = None,
-                           progress: Optional[Callable[[int], None]] = None) -> int:
+    def train_full_batches(
+        self, order: torch.Tensor, flips: torch.Tensor | None = None, progress: Callable[[int], None] | None = None
+    ) -> int:
         """Train on every full batch of the epoch's ``order`` (with its per-sample ``flips`` when
         flipping), summing into ``loss_sum`` and ``correct``; returns how many samples that covered."""
         self.loss_sum.zero_()
@@ -112,8 +113,8 @@ def graphed_step(
     y: torch.Tensor,
     batch_size: int,
     hflip_p: float = 0.0,
-    amp_dtype: Optional[torch.dtype] = None,
-) -> Optional[GraphedTrainStep]:
+    amp_dtype: torch.dtype | None = None,
+) -> GraphedTrainStep | None:
     """The captured training step ``train.train_one_epoch`` replays when ``x`` is on a GPU; ``None`` on the CPU."""
     if not x.is_cuda or len(y) < batch_size:
         return None

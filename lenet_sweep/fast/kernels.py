@@ -53,8 +53,12 @@ class Isa:
 
 
 ISAS = (
-    Isa("avx512", _X86, frozenset({"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2", "fma"}),
-        ("-march=x86-64-v4",)),
+    Isa(
+        "avx512",
+        _X86,
+        frozenset({"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2", "fma"}),
+        ("-march=x86-64-v4",),
+    ),
     Isa("avx2", _X86, frozenset({"avx2", "fma", "bmi2", "f16c", "movbe"}), ("-march=x86-64-v3",)),
     Isa("sse", _X86, frozenset({"sse4_2", "ssse3", "popcnt"}), ("-march=x86-64-v2",)),
     Isa("neon", _ARM, frozenset(), ("-march=armv8-a",)),
@@ -143,14 +147,16 @@ def _build(compiler: str, isa: Isa) -> Path:
     # Built under a temporary name and renamed: parallel jobs never load a half-written file.
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        result = subprocess.run([compiler, *flags, "-o", str(built), *map(str, SOURCES)], capture_output=True, text=True)
+        result = subprocess.run(
+            [compiler, *flags, "-o", str(built), *map(str, SOURCES)], capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed")
         os.replace(built, target)
     return target
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(isa: Isa) -> Library | Unavailable:
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:

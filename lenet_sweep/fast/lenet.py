@@ -13,8 +13,6 @@ conv3 covers its whole 4x4 input, so it runs as the matrix product it amounts to
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,12 +30,16 @@ def _is_plain_conv(conv: nn.Module, shape: tuple[int, int, int]) -> bool:
     return (
         type(conv) is nn.Conv2d
         and (conv.in_channels, conv.out_channels, conv.kernel_size) == (shape[0], shape[1], (shape[2], shape[2]))
-        and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.dilation == (1, 1)
-        and conv.groups == 1 and conv.bias is not None and conv.padding_mode == "zeros"
+        and conv.stride == (1, 1)
+        and conv.padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.bias is not None
+        and conv.padding_mode == "zeros"
     )
 
 
-def unsupported(model: nn.Module) -> Optional[str]:
+def unsupported(model: nn.Module) -> str | None:
     """Why ``FastLeNet`` cannot stand in for ``model``, or None when it can: the model must
     be a ``LeNet5`` (not a subclass, whose forward may differ) with Swish, 2x2 max pooling
     and the writeup's convolutions."""
@@ -46,9 +48,15 @@ def unsupported(model: nn.Module) -> Optional[str]:
     if type(model.act) is not nn.SiLU:
         return f"the activation is {type(model.act).__name__}, not Swish (SiLU)"
     pool = model.pool
-    if not (type(pool) is nn.MaxPool2d and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2))
-            and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1)) and not pool.ceil_mode
-            and not pool.return_indices):
+    if not (
+        type(pool) is nn.MaxPool2d
+        and pool.kernel_size in (2, (2, 2))
+        and pool.stride in (2, (2, 2))
+        and pool.padding in (0, (0, 0))
+        and pool.dilation in (1, (1, 1))
+        and not pool.ceil_mode
+        and not pool.return_indices
+    ):
         return f"the pooling is {pool}, not 2x2 max pooling"
     for name, shape in CONVS.items():
         if not _is_plain_conv(getattr(model, name), shape):
@@ -70,8 +78,9 @@ class FastLeNet(nn.Module):
     operators.
     """
 
-    def __init__(self, model: LeNet5, train_kernels: Optional[Library] = None,
-                 eval_kernels: Optional[Library] = None) -> None:
+    def __init__(
+        self, model: LeNet5, train_kernels: Library | None = None, eval_kernels: Library | None = None
+    ) -> None:
         super().__init__()
         reason = unsupported(model)
         if reason is not None:
