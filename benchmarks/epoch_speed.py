@@ -34,6 +34,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -135,7 +136,7 @@ def project_epochs(arch: str, hflip_p: float, data: tuple, device: str, batch_si
     return (
         lambda: train_one_epoch(model, optimizer, x, y, batch_size, generator, hflip_p, graphed=graphed),
         lambda: evaluate(model, test_x, test_y, EVAL_BATCH),
-        fast_path.kernels,
+        fast_path.kernels if arch == "lenet" else "none (no conv blocks)",
     )
 
 
@@ -199,6 +200,9 @@ def print_results(results: list[dict], ratios: dict, checks: list[dict]) -> None
         pairs = ", ".join(f"{tb + eb:.2f}/{tr + er:.2f}" for tb, eb, tr, er in
                           zip(b["train_s_each"], b["test_s_each"], r["train_s_each"], r["test_s_each"]))
         print(f"paired epochs {r['model']}, (train + test) s, b / {r['pipeline']}: {pairs}")
+        for part in ("train", "test"):
+            ratio = statistics.median(x / y for x, y in zip(b[f"{part}_s_each"], r[f"{part}_s_each"]))
+            print(f"  {part}: median of b / {r['pipeline']} over the {len(b['train_s_each'])} pairs {ratio:.2f}")
     for c in checks:
         verdict = "ok" if c["ok"] else "MISMATCH"
         print(f"accuracy check {c['model']}: b {c['b']:.2f}% vs {c['reference']} {c['reference_acc']:.2f}% "

@@ -320,6 +320,18 @@ def test_the_fast_path_does_not_stand_in_for_a_different_network(make):
     assert path.kernels == "train=operators eval=operators"
 
 
+def test_kernels_that_compute_other_values_are_not_used(monkeypatch, caplog):
+    """A build that miscomputes (an untested compiler or instruction set) is caught on the probe images."""
+    if not ISAS:
+        pytest.skip("no kernel build for this processor")
+    monkeypatch.setattr(fast, "_difference", lambda model, kernels: None if kernels is None else 0.5)
+    path = fast.accelerate(build_model("lenet"), "cpu", "auto")
+    assert isinstance(path.module, FastLeNet) and path.kernels == "train=operators eval=operators"
+    assert "compute other values (by 0.5)" in caplog.text
+    with pytest.raises(ConfigError, match=r"^train.kernels='on': the fused-\w+ kernels built here compute other"):
+        fast.accelerate(build_model("lenet"), "cpu", "on")
+
+
 def test_parameters_keep_their_names_and_a_saved_state_dict_loads(tmp_path):
     torch.manual_seed(0)
     saved = build_model("lenet")
