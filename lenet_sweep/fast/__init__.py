@@ -89,7 +89,7 @@ def _choose_kernels(
     """The kernels for training and for evaluation (None: PyTorch's operators), as ``mode`` asks."""
     if mode == "off":
         return None, None
-    reason = None if fused_blocks_apply(model) else "they have no batch norm between a convolution and its Swish"
+    reason = None if fused_blocks_apply(model) else "batch norm sits between a convolution and its Swish"
     if reason is None and device.type != "cpu":
         reason = f"they run on the CPU, not {device.type}"
     if reason is not None:
