@@ -37,8 +37,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision
@@ -90,14 +90,25 @@ def _summary(name: str, model: str, train_each: list, test_each: list, last: tup
     train_loss, train_acc, test_loss, test_acc = last
     train_s, test_s = sum(train_each) / len(train_each), sum(test_each) / len(test_each)
     return {
-        "pipeline": name, "model": model, "train_s": train_s, "test_s": test_s, "total_s": train_s + test_s,
-        "train_s_each": train_each, "test_s_each": test_each,
-        "train_samples_per_s": n_train / train_s, "test_samples_per_s": n_test / test_s,
-        "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
+        "pipeline": name,
+        "model": model,
+        "train_s": train_s,
+        "test_s": test_s,
+        "total_s": train_s + test_s,
+        "train_s_each": train_each,
+        "test_s_each": test_each,
+        "train_samples_per_s": n_train / train_s,
+        "test_samples_per_s": n_test / test_s,
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
     }
 
 
-def time_epochs(model: str, pipelines: dict[str, tuple[Epoch, Epoch]], epochs: int, n_train: int, n_test: int) -> list[dict]:
+def time_epochs(
+    model: str, pipelines: dict[str, tuple[Epoch, Epoch]], epochs: int, n_train: int, n_test: int
+) -> list[dict]:
     """One untimed warm-up epoch (train + test) per pipeline, then ``epochs`` timed rounds; per-epoch means.
 
     Each round runs one epoch of every pipeline in turn, so a slow spell of the
@@ -123,8 +134,9 @@ def time_epochs(model: str, pipelines: dict[str, tuple[Epoch, Epoch]], epochs: i
     return [_summary(name, model, *times[name], last[name], n_train, n_test) for name in pipelines]
 
 
-def project_epochs(arch: str, hflip_p: float, data: tuple, device: str, batch_size: int = BATCH,
-                   kernels: str = "auto") -> tuple[Epoch, Epoch, str]:
+def project_epochs(
+    arch: str, hflip_p: float, data: tuple, device: str, batch_size: int = BATCH, kernels: str = "auto"
+) -> tuple[Epoch, Epoch, str]:
     """Pipeline (b): the runner's fast path, ``train_one_epoch`` and ``evaluate`` over tensors on
     ``device``; and which path runs LeNet-5's conv blocks."""
     x, y, test_x, test_y = data
@@ -183,37 +195,49 @@ def scaling(data: tuple, device: str) -> list[dict]:
 
 
 def print_results(results: list[dict], ratios: dict, checks: list[dict]) -> None:
-    header = f"{'pipeline':<9}{'model':<12}{'train s/ep':>11}{'test s/ep':>10}{'train img/s':>12}{'test img/s':>11}" \
-             f"{'train acc':>10}{'test acc':>9}{'x b':>7}  conv blocks"
+    header = (
+        f"{'pipeline':<9}{'model':<12}{'train s/ep':>11}{'test s/ep':>10}{'train img/s':>12}{'test img/s':>11}"
+        f"{'train acc':>10}{'test acc':>9}{'x b':>7}  conv blocks"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
         ratio = ratios.get(r["model"], {}).get(r["pipeline"])
-        print(f"{r['pipeline']:<9}{r['model']:<12}{r['train_s']:>11.2f}{r['test_s']:>10.2f}"
-              f"{r['train_samples_per_s']:>12,.0f}{r['test_samples_per_s']:>11,.0f}"
-              f"{r['train_acc']:>10.2f}{r['test_acc']:>9.2f}{'' if ratio is None else f'{ratio:>6.1f}x':>7}"
-              f"  {r.get('conv_blocks', '')}")
+        print(
+            f"{r['pipeline']:<9}{r['model']:<12}{r['train_s']:>11.2f}{r['test_s']:>10.2f}"
+            f"{r['train_samples_per_s']:>12,.0f}{r['test_samples_per_s']:>11,.0f}"
+            f"{r['train_acc']:>10.2f}{r['test_acc']:>9.2f}{'' if ratio is None else f'{ratio:>6.1f}x':>7}"
+            f"  {r.get('conv_blocks', '')}"
+        )
     print("x b: the pipeline's (train + test) seconds per epoch over (b)'s; conv blocks: the path (b) ran them on")
     paired = [r for r in results if r["pipeline"].startswith("b:")]
     for r in paired:
         b = next(o for o in results if o["pipeline"] == "b" and o["model"] == r["model"])
-        pairs = ", ".join(f"{tb + eb:.2f}/{tr + er:.2f}" for tb, eb, tr, er in
-                          zip(b["train_s_each"], b["test_s_each"], r["train_s_each"], r["test_s_each"]))
+        pairs = ", ".join(
+            f"{tb + eb:.2f}/{tr + er:.2f}"
+            for tb, eb, tr, er in zip(b["train_s_each"], b["test_s_each"], r["train_s_each"], r["test_s_each"])
+        )
         print(f"paired epochs {r['model']}, (train + test) s, b / {r['pipeline']}: {pairs}")
         for part in ("train", "test"):
             ratio = statistics.median(x / y for x, y in zip(b[f"{part}_s_each"], r[f"{part}_s_each"]))
             print(f"  {part}: median of b / {r['pipeline']} over the {len(b['train_s_each'])} pairs {ratio:.2f}")
     for c in checks:
         verdict = "ok" if c["ok"] else "MISMATCH"
-        print(f"accuracy check {c['model']}: b {c['b']:.2f}% vs {c['reference']} {c['reference_acc']:.2f}% "
-              f"(|diff| {abs(c['b'] - c['reference_acc']):.2f} <= {accuracy_tolerance(c['model'])}): {verdict}")
+        print(
+            f"accuracy check {c['model']}: b {c['b']:.2f}% vs {c['reference']} {c['reference_acc']:.2f}% "
+            f"(|diff| {abs(c['b'] - c['reference_acc']):.2f} <= {accuracy_tolerance(c['model'])}): {verdict}"
+        )
 
 
 def print_scaling(rows: list[dict]) -> None:
-    print(f"\nscaling of (b), lenet\n{'batch':>6}{'train set':>11}{'train s/ep':>11}{'test s/ep':>10}{'train img/s':>12}")
+    print(
+        f"\nscaling of (b), lenet\n{'batch':>6}{'train set':>11}{'train s/ep':>11}{'test s/ep':>10}{'train img/s':>12}"
+    )
     for r in rows:
-        print(f"{r['batch_size']:>6}{r['train_samples']:>11,}{r['train_s']:>11.2f}{r['test_s']:>10.2f}"
-              f"{r['train_samples_per_s']:>12,.0f}")
+        print(
+            f"{r['batch_size']:>6}{r['train_samples']:>11,}{r['train_s']:>11.2f}{r['test_s']:>10.2f}"
+            f"{r['train_samples_per_s']:>12,.0f}"
+        )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -221,8 +245,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
     parser.add_argument("--models", default="lenet,mlp,lenet+flip", help=f"comma list of {', '.join(MODELS)}")
     parser.add_argument("--pipelines", default="a,a2,b", help="comma list of a, a2, b")
-    parser.add_argument("--kernels", default="auto",
-                        help="comma list of train.kernels settings for (b): the first is b, the others b:<setting>")
+    parser.add_argument(
+        "--kernels",
+        default="auto",
+        help="comma list of train.kernels settings for (b): the first is b, the others b:<setting>",
+    )
     parser.add_argument("--skip-scaling", action="store_true", help="skip the batch-size / data-size table")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to run (b) alone on the GPU")
@@ -247,16 +274,26 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     mnist = load_mnist(root=str(REPO / "data"), train_limit=args.train_limit, test_limit=args.test_limit)
-    data = (to_model_input(mnist.train.images, args.device), mnist.train.labels.to(args.device),
-            to_model_input(mnist.test.images, args.device), mnist.test.labels.to(args.device))
+    data = (
+        to_model_input(mnist.train.images, args.device),
+        mnist.train.labels.to(args.device),
+        to_model_input(mnist.test.images, args.device),
+        mnist.test.labels.to(args.device),
+    )
     n_train, n_test = len(mnist.train), len(mnist.test)
     widest = kernel_builds.supported_isas()
     isa, build = widest[0].name if widest else "none known", kernels_build()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {kernel_builds.cpu_model()} "
-          f"(vector ISA {isa}; kernel build {build}), device {args.device}, "
-          f"{n_train:,} train / {n_test:,} test, {args.epochs} timed epochs after 1 warm-up", flush=True)
-    print(f"(b) runs with train.kernels={args.kernels[0]}"
-          + "".join(f", b:{k} with train.kernels={k}" for k in args.kernels[1:]), flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {kernel_builds.cpu_model()} "
+        f"(vector ISA {isa}; kernel build {build}), device {args.device}, "
+        f"{n_train:,} train / {n_test:,} test, {args.epochs} timed epochs after 1 warm-up",
+        flush=True,
+    )
+    print(
+        f"(b) runs with train.kernels={args.kernels[0]}"
+        + "".join(f", b:{k} with train.kernels={k}" for k in args.kernels[1:]),
+        flush=True,
+    )
 
     results = []
     for model in args.models:
@@ -274,8 +311,11 @@ def main(argv=None) -> dict:
         for r in time_epochs(model, pipelines, args.epochs, n_train, n_test):
             r["conv_blocks"] = conv_blocks[r["pipeline"]]
             results.append(r)
-            print(f"  {r['pipeline']:<6}{model:<11} train {r['train_s']:.2f} s  test {r['test_s']:.2f} s  "
-                  f"test acc {r['test_acc']:.2f}%", flush=True)
+            print(
+                f"  {r['pipeline']:<6}{model:<11} train {r['train_s']:.2f} s  test {r['test_s']:.2f} s  "
+                f"test acc {r['test_acc']:.2f}%",
+                flush=True,
+            )
 
     by_key = {(r["pipeline"], r["model"]): r for r in results}
     ratios, checks = {}, []
@@ -287,8 +327,15 @@ def main(argv=None) -> dict:
                 continue
             ratios.setdefault(model, {})[pipeline] = other["total_s"] / b["total_s"]
             diff = abs(b["test_acc"] - other["test_acc"])
-            checks.append({"model": model, "reference": pipeline, "b": b["test_acc"],
-                           "reference_acc": other["test_acc"], "ok": diff <= accuracy_tolerance(model)})
+            checks.append(
+                {
+                    "model": model,
+                    "reference": pipeline,
+                    "b": b["test_acc"],
+                    "reference_acc": other["test_acc"],
+                    "ok": diff <= accuracy_tolerance(model),
+                }
+            )
     print()
     print_results(results, ratios, checks)
     scale_rows = [] if args.skip_scaling else scaling(data, args.device)
@@ -297,20 +344,41 @@ def main(argv=None) -> dict:
 
     report = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "torch": torch.__version__, "torchvision": torchvision.__version__, "python": sys.version.split()[0],
-        "cpu": kernel_builds.cpu_model(), "vector_isa": isa, "kernel_build": build,
-        "cores": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
-        "device": args.device, "kernels": args.kernels, "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "epochs_timed": args.epochs, "warmup_epochs": 1, "train_samples": n_train, "test_samples": n_test,
-        "hyperparameters": {"batch_size": BATCH, "lr": LR, "momentum": MOMENTUM, "eval_batch_size_b": EVAL_BATCH,
-                            "eval_batch_size_reference": ref.BATCH_SIZE},
-        "results": results, "ratios_vs_b": ratios, "accuracy_checks": checks, "scaling": scale_rows,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": sys.version.split()[0],
+        "cpu": kernel_builds.cpu_model(),
+        "vector_isa": isa,
+        "kernel_build": build,
+        "cores": len(os.sched_getaffinity(0)),
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "kernels": args.kernels,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "epochs_timed": args.epochs,
+        "warmup_epochs": 1,
+        "train_samples": n_train,
+        "test_samples": n_test,
+        "hyperparameters": {
+            "batch_size": BATCH,
+            "lr": LR,
+            "momentum": MOMENTUM,
+            "eval_batch_size_b": EVAL_BATCH,
+            "eval_batch_size_reference": ref.BATCH_SIZE,
+        },
+        "results": results,
+        "ratios_vs_b": ratios,
+        "accuracy_checks": checks,
+        "scaling": scale_rows,
     }
     path = args.out / "epoch_speed.json"
     path.write_text(json.dumps(report, indent=2))
     # Other processes on the machine distort the timings, two OpenMP threads badly so.
-    print(f"\nload average before {load_before[0]:.2f}, after {report['load_average_after'][0]:.2f} "
-          f"(this run adds about {torch.get_num_threads()}); wrote {path}")
+    print(
+        f"\nload average before {load_before[0]:.2f}, after {report['load_average_after'][0]:.2f} "
+        f"(this run adds about {torch.get_num_threads()}); wrote {path}"
+    )
     return report
 
 

@@ -5,8 +5,9 @@
 Times ``lenet_sweep.train.fit`` with the whole MNIST on the device (batches
 gathered there, each step one CUDA-graph replay, no host sync inside an epoch)
 as the runner does with ``device=cuda``: plain, with ``train.amp=bf16``, with
-``train.compile=true``, and with both; and, for comparison, the eager loop. The first epoch of each mode is a warm-up (compilation, cuDNN
-autotuning) and is reported apart. Needs a CUDA device.
+``train.compile=true``, and with both; and, for comparison, the eager loop.
+The first epoch of each mode is a warm-up (compilation, cuDNN autotuning) and
+is reported apart. Needs a CUDA device.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from lenet_sweep.data import load_mnist, to_model_input
 from lenet_sweep.models import build_model
 from lenet_sweep.train import DeviceData, evaluate, fit, make_optimizer, train_one_epoch
 
-MODES = {"fp32": (None, False), "bf16": (torch.bfloat16, False), "compile": (None, True), "bf16+compile": (torch.bfloat16, True)}
+MODES = {
+    "fp32": (None, False),
+    "bf16": (torch.bfloat16, False),
+    "compile": (None, True),
+    "bf16+compile": (torch.bfloat16, True),
+}
 
 
 def time_mode(data: DeviceData, amp_dtype, compile_model: bool, epochs: int, batch_size: int) -> dict:
@@ -34,8 +40,17 @@ def time_mode(data: DeviceData, amp_dtype, compile_model: bool, epochs: int, bat
     def mark(_metrics) -> None:
         marks.append(time.perf_counter())  # fit reads the epoch's sums once, so the GPU is done here
 
-    history = fit(trained, optimizer, data, epochs, batch_size, 1000, torch.Generator().manual_seed(0),
-                  amp_dtype=amp_dtype, on_epoch_end=mark)
+    history = fit(
+        trained,
+        optimizer,
+        data,
+        epochs,
+        batch_size,
+        1000,
+        torch.Generator().manual_seed(0),
+        amp_dtype=amp_dtype,
+        on_epoch_end=mark,
+    )
     seconds = [b - a for a, b in zip(marks, marks[1:])]
     return {"warmup_s": seconds[0], "epoch_s": sum(seconds[1:]) / len(seconds[1:]), "test_acc": history[-1].test_acc}
 
@@ -62,10 +77,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     mnist = load_mnist()
-    data = DeviceData(to_model_input(mnist.train.images, "cuda"), mnist.train.labels.cuda(),
-                      to_model_input(mnist.test.images, "cuda"), mnist.test.labels.cuda())
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, batch {args.batch_size}, "
-          f"{args.epochs} epochs per mode (first = warm-up)")
+    data = DeviceData(
+        to_model_input(mnist.train.images, "cuda"),
+        mnist.train.labels.cuda(),
+        to_model_input(mnist.test.images, "cuda"),
+        mnist.test.labels.cuda(),
+    )
+    print(
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, batch {args.batch_size}, "
+        f"{args.epochs} epochs per mode (first = warm-up)"
+    )
     print("| mode | warm-up epoch s | s/epoch (train + test) | test_acc after last epoch |")
     print("| --- | --- | --- | --- |")
     row = time_eager(data, args.epochs, args.batch_size)

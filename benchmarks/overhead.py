@@ -41,8 +41,15 @@ def run_once(workdir: Path, epochs: int) -> dict:
     """One CLI run into ``workdir``'s store; the launch time and the logged epochs."""
     store = f"sqlite:///{workdir / 'mlflow.db'}"
     command = [
-        sys.executable, "-m", "lenet_sweep", "model=lenet", f"train.epochs={epochs}", f"mlflow.tracking_uri={store}",
-        "sweep.skip_finished=false", "sweep.resume=false", f"hydra.run.dir={workdir / 'run'}",
+        sys.executable,
+        "-m",
+        "lenet_sweep",
+        "model=lenet",
+        f"train.epochs={epochs}",
+        f"mlflow.tracking_uri={store}",
+        "sweep.skip_finished=false",
+        "sweep.resume=false",
+        f"hydra.run.dir={workdir / 'run'}",
     ]
     launched = time.time()
     subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
@@ -85,25 +92,35 @@ def main(argv=None) -> dict:
         for i in range(args.runs):
             results.append(measure(run_once(Path(tmp), args.epochs)))
             r = results[-1]
-            print(f"run {i + 1}: start-up {r['startup_s']:.2f} s, bookkeeping per epoch "
-                  + ", ".join(f"{b * 1000:.0f} ms ({share:.2%})" for b, share in zip(r["bookkeeping_s"], r["bookkeeping_share"])),
-                  flush=True)
+            print(
+                f"run {i + 1}: start-up {r['startup_s']:.2f} s, bookkeeping per epoch "
+                + ", ".join(
+                    f"{b * 1000:.0f} ms ({share:.2%})" for b, share in zip(r["bookkeeping_s"], r["bookkeeping_share"])
+                ),
+                flush=True,
+            )
 
     startup = [r["startup_s"] for r in results]
     shares = [s for r in results for s in r["bookkeeping_share"]]
     bookkeeping_ms = [b * 1000 for r in results for b in r["bookkeeping_s"]]
     summary = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cores": len(os.sched_getaffinity(0)), "runs": args.runs, "epochs": args.epochs,
+        "cores": len(os.sched_getaffinity(0)),
+        "runs": args.runs,
+        "epochs": args.epochs,
         "startup_s": {"min": min(startup), "median": statistics.median(startup), "max": max(startup)},
         "bookkeeping_ms": {"median": statistics.median(bookkeeping_ms), "max": max(bookkeeping_ms)},
         "bookkeeping_share": {"median": statistics.median(shares), "max": max(shares)},
         "results": results,
     }
-    print(f"\nstart-up (command to first batch): median {summary['startup_s']['median']:.2f} s "
-          f"(min {min(startup):.2f}, max {max(startup):.2f})")
-    print(f"bookkeeping per epoch (checkpoint + MLflow + log line): median {summary['bookkeeping_ms']['median']:.0f} ms "
-          f"= {summary['bookkeeping_share']['median']:.2%} of an epoch (max {summary['bookkeeping_share']['max']:.2%})")
+    print(
+        f"\nstart-up (command to first batch): median {summary['startup_s']['median']:.2f} s "
+        f"(min {min(startup):.2f}, max {max(startup):.2f})"
+    )
+    print(
+        f"bookkeeping per epoch (checkpoint + MLflow + log line): median {summary['bookkeeping_ms']['median']:.0f} ms "
+        f"= {summary['bookkeeping_share']['median']:.2%} of an epoch (max {summary['bookkeeping_share']['max']:.2%})"
+    )
     path = args.out / "overhead.json"
     path.write_text(json.dumps(summary, indent=2))
     print(f"wrote {path}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import gzip
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import torch
 from PIL import Image
@@ -90,7 +89,7 @@ def ensure_torchvision_raw(data_root: Path, root: Path) -> Path:
 
 
 def make_loaders(
-    train_set: Dataset, test_set: Dataset, generator: Optional[torch.Generator] = None
+    train_set: Dataset, test_set: Dataset, generator: torch.Generator | None = None
 ) -> tuple[DataLoader, DataLoader]:
     """Shuffled batch-64 training loader and unshuffled batch-64 test loader, default workers.
 

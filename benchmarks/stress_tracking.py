@@ -26,9 +26,19 @@ METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds")
 
 def run_sweep(workdir: Path, tracking_uri: str, jobs: int, parallel: int, epochs: int) -> tuple[int, float]:
     command = [
-        sys.executable, "-m", "lenet_sweep", "-m", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={parallel}",
-        "model=mlp", f"seed=range(0,{jobs})", f"train.epochs={epochs}", "data.train_limit=200",
-        "data.test_limit=100", f"data.root={REPO / 'data'}", f"mlflow.tracking_uri={tracking_uri}",
+        sys.executable,
+        "-m",
+        "lenet_sweep",
+        "-m",
+        "hydra/launcher=joblib",
+        f"hydra.launcher.n_jobs={parallel}",
+        "model=mlp",
+        f"seed=range(0,{jobs})",
+        f"train.epochs={epochs}",
+        "data.train_limit=200",
+        "data.test_limit=100",
+        f"data.root={REPO / 'data'}",
+        f"mlflow.tracking_uri={tracking_uri}",
     ]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
@@ -39,7 +49,11 @@ def count(tracking_uri: str) -> tuple[int, int]:
     """(FINISHED child runs, metric points across them) in the store."""
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("lenet_sweep")
-    runs = [r for r in client.search_runs([experiment.experiment_id], max_results=5000) if r.data.tags.get("sweep") != "true"]
+    runs = [
+        r
+        for r in client.search_runs([experiment.experiment_id], max_results=5000)
+        if r.data.tags.get("sweep") != "true"
+    ]
     finished = [r for r in runs if r.info.status == "FINISHED"]
     points = sum(len(client.get_metric_history(r.info.run_id, key)) for r in runs for key in METRICS)
     return len(finished), points
@@ -61,7 +75,9 @@ def main() -> None:
         rows.append(("sqlite", code, seconds, *count(sqlite_uri)))
         (root / "server").mkdir()
         server, server_uri = start_mlflow_server(
-            f"sqlite:///{root / 'server' / 'mlflow.db'}", root / "server" / "artifacts", free_port(),
+            f"sqlite:///{root / 'server' / 'mlflow.db'}",
+            root / "server" / "artifacts",
+            free_port(),
             root / "server" / "server.log",
         )
         try:

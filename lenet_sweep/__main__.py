@@ -22,11 +22,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lenet_sweep import identity
 from lenet_sweep.config import Config, ConfigError, check_known_keys, one_line, register_configs
 from lenet_sweep.data import DataError
-from lenet_sweep import identity
 from lenet_sweep.job import (
-    JobContext, JobResult, Requeued, Terminated, load_job_dataset, run_job, signals_as_interrupts,
+    JobContext,
+    JobResult,
+    Requeued,
+    Terminated,
+    load_job_dataset,
+    run_job,
+    signals_as_interrupts,
 )
 from lenet_sweep.plan import PlannedJob, print_plan
 from lenet_sweep.sweep import in_launching_process
@@ -77,10 +83,17 @@ def main(dict_cfg: DictConfig) -> float | None:
             check_known_keys(OmegaConf.to_container(dict_cfg))
             cfg: Config = OmegaConf.to_object(dict_cfg)
             if cfg.sweep.plan and not multirun:  # a multirun's plan is printed before any job starts
-                job = dataclasses.replace(PlannedJob.of(cfg, ctx.overrides),
-                                          data_digest=load_job_dataset(cfg, ctx.start_dir).digest)
-                sys.exit(print_plan(resolve_tracking_uri(cfg.mlflow.tracking_uri, ctx.start_dir), cfg.mlflow.experiment,
-                                    [job], cfg.sweep.orphan_after_minutes))
+                job = dataclasses.replace(
+                    PlannedJob.of(cfg, ctx.overrides), data_digest=load_job_dataset(cfg, ctx.start_dir).digest
+                )
+                sys.exit(
+                    print_plan(
+                        resolve_tracking_uri(cfg.mlflow.tracking_uri, ctx.start_dir),
+                        cfg.mlflow.experiment,
+                        [job],
+                        cfg.sweep.orphan_after_minutes,
+                    )
+                )
             result = run_job(cfg, ctx)
     except INPUT_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)

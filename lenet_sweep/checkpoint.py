@@ -67,7 +67,7 @@ def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def _is_packed(optimizer_params: list, model: nn.Module) -> bool:
-    """One flat parameter standing for all of ``model``'s (``pack_parameters``), rather than the parameters themselves."""
+    """One flat parameter standing for all of ``model``'s (packed parameters), not the parameters themselves."""
     return len(optimizer_params) == 1 and len(_trainable(model)) > 1
 
 
@@ -94,8 +94,9 @@ def optimizer_state_by_name(saved: dict[str, Any], model: nn.Module) -> dict[str
     return by_name
 
 
-def optimizer_state_for(optimizer: torch.optim.Optimizer, model: nn.Module,
-                        by_name: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def optimizer_state_for(
+    optimizer: torch.optim.Optimizer, model: nn.Module, by_name: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """``by_name`` as a ``state_dict`` that ``optimizer`` loads, in its own layout, keeping its own settings.
 
     Hyperparameters come from ``optimizer`` (the run's config decides them) so

@@ -12,7 +12,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional, get_type_hints
+from typing import Any, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 
@@ -80,7 +80,7 @@ class OptimizerConfig:
     name: str = "sgd"
     lr: float = 0.01
     # SGD only; Adam keeps its default betas.
-    momentum: Optional[float] = None
+    momentum: float | None = None
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
@@ -106,17 +106,17 @@ class DataConfig:
     # torchvision.datasets class that downloads it (data.download=true).
     torchvision_class: str = "MNIST"
     # Where the operating system's package puts the files, and that package's name.
-    system_dir: Optional[str] = None
-    system_package: Optional[str] = None
+    system_dir: str | None = None
+    system_package: str | None = None
     format: str = "idx"
     # Directory holding the four IDX files (gzip'd or not), looked in before the OS copy;
     # relative paths are taken from the directory the command was started in.
-    root: Optional[str] = "data"
+    root: str | None = "data"
     download: bool = False
-    train_dir: Optional[str] = None
-    test_dir: Optional[str] = None
-    train_limit: Optional[int] = None
-    test_limit: Optional[int] = None
+    train_dir: str | None = None
+    test_dir: str | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
     # Seed of the class-balanced subset; fixed so every run of a sweep sees the same subset.
     subset_seed: int = 0
 
@@ -157,7 +157,7 @@ class TrainConfig:
 @dataclass
 class MlflowConfig:
     # null: MLFLOW_TRACKING_URI, else sqlite:///<start dir>/outputs/mlflow.db
-    tracking_uri: Optional[str] = None
+    tracking_uri: str | None = None
     experiment: str = "lenet_sweep"
 
     def __post_init__(self) -> None:
@@ -180,10 +180,18 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         self.skip_finished = SKIP_FINISHED_ALIASES.get(str(self.skip_finished).lower(), self.skip_finished)
-        _require(self.skip_finished in SKIP_FINISHED_MODES, "sweep.skip_finished", self.skip_finished,
-                 "must be one of config, code, never (or true/false)")
-        _require(self.orphan_after_minutes >= 2, "sweep.orphan_after_minutes", self.orphan_after_minutes,
-                 "must be >= 2 (heartbeats come every minute)")
+        _require(
+            self.skip_finished in SKIP_FINISHED_MODES,
+            "sweep.skip_finished",
+            self.skip_finished,
+            "must be one of config, code, never (or true/false)",
+        )
+        _require(
+            self.orphan_after_minutes >= 2,
+            "sweep.orphan_after_minutes",
+            self.orphan_after_minutes,
+            "must be >= 2 (heartbeats come every minute)",
+        )
 
 
 @dataclass
@@ -214,7 +222,9 @@ def check_known_keys(values: Mapping[str, Any], schema: type = Config, prefix: s
     for key, value in values.items():
         path = f"{prefix}{key}"
         if key not in fields:
-            raise ConfigError(f"{path}: unknown key, nothing reads it (`python -m lenet_sweep --cfg job` lists the keys)")
+            raise ConfigError(
+                f"{path}: unknown key, nothing reads it (`python -m lenet_sweep --cfg job` lists the keys)"
+            )
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, Mapping):
             check_known_keys(value, hints[key], f"{path}.")
 

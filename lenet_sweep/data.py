@@ -63,8 +63,10 @@ def read_idx(path: Path, expected_md5: str) -> np.ndarray:
         raise DataError(f"cannot read {path}: {error}") from error
     actual = hashlib.md5(raw).hexdigest()
     if actual != expected_md5:
-        raise DataError(f"{path}: md5 of the decompressed data is {actual}, expected {expected_md5} "
-                        "(a corrupted copy, or another data set's file?)")
+        raise DataError(
+            f"{path}: md5 of the decompressed data is {actual}, expected {expected_md5} "
+            "(a corrupted copy, or another data set's file?)"
+        )
     magic, count = struct.unpack(">II", raw[:8])
     if magic == IMAGE_MAGIC:
         rows, cols = struct.unpack(">II", raw[8:16])

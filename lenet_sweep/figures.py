@@ -66,8 +66,9 @@ def plot_curves(curves: Mapping[str, Sequence[float]], title: str) -> Figure:
     return fig
 
 
-def plot_overview(curves_by_label: Mapping[str, Mapping[str, Sequence[float]]], metric: str = "test_acc",
-                  title: str = "test accuracy") -> Figure:
+def plot_overview(
+    curves_by_label: Mapping[str, Mapping[str, Sequence[float]]], metric: str = "test_acc", title: str = "test accuracy"
+) -> Figure:
     """Every configuration's ``metric`` against epoch in one panel (bands: +-1 std over seeds)."""
     fig = Figure(figsize=(8, 5), dpi=DPI, layout="constrained")
     ax = fig.subplots()
@@ -105,6 +106,7 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 
 # --- the report's figures -------------------------------------------------------
+
 
 def figure_names(labels: Sequence[str]) -> dict[str, str]:
     """A distinct, filesystem-safe PNG name per configuration label (``curves_lenet_reg_flip.png``)."""

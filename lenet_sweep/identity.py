@@ -10,15 +10,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from lenet_sweep.config import Config
 
 NOT_COMPUTED = (
-    "hydra", "mlflow", "sweep", "data.root", "data.download", "data.train_dir", "data.test_dir", "train.threads",
+    "hydra",
+    "mlflow",
+    "sweep",
+    "data.root",
+    "data.download",
+    "data.train_dir",
+    "data.test_dir",
+    "train.threads",
     "train.kernels",  # the same function on other operators
     # A data set's md5 sums only check its files (data.name says which it is), and where it is found.
-    "data.md5", "data.torchvision_class", "data.system_dir", "data.system_package",
+    "data.md5",
+    "data.torchvision_class",
+    "data.system_dir",
+    "data.system_package",
 )
 # Keys added after runs were recorded, with the value those runs had: left out of fingerprints at
 # that value, so the earlier runs keep theirs and are still skipped or resumed.

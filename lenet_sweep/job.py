@@ -12,10 +12,11 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import torch
 
@@ -45,8 +46,8 @@ class JobContext:
     start_dir: Path
     output_dir: Path
     overrides: tuple[str, ...]  # the job's command-line overrides, sweep values resolved
-    sweep_dir: Optional[Path] = None
-    job_num: Optional[int] = None
+    sweep_dir: Path | None = None
+    job_num: int | None = None
     parallel_jobs: int = 1
 
 
@@ -54,9 +55,9 @@ class JobContext:
 class JobResult:
     status: str  # FINISHED, FAILED, KILLED or SKIPPED
     run_name: str
-    run_id: Optional[str] = None
-    reason: Optional[str] = None
-    test_acc: Optional[float] = None
+    run_id: str | None = None
+    reason: str | None = None
+    test_acc: float | None = None
 
     def write(self, directory: Path) -> None:
         (directory / STATUS_FILE).write_text(json.dumps(asdict(self)))
@@ -84,7 +85,7 @@ def pick_threads(requested: int, parallel_jobs: int) -> int:
     return max(1, cores // max(1, parallel_jobs))
 
 
-def read_parent_run_id(sweep_dir: Optional[Path]) -> Optional[str]:
+def read_parent_run_id(sweep_dir: Path | None) -> str | None:
     """The sweep's parent run, written into the sweep directory when the multirun started."""
     if sweep_dir is None or not (sweep_dir / PARENT_RUN_FILE).is_file():
         return None
@@ -110,6 +111,7 @@ def signals_as_interrupts():
     previous_term = signal.signal(signal.SIGTERM, raise_terminated)
     previous_usr2 = signal.getsignal(signal.SIGUSR2)
     if callable(previous_usr2):
+
         def requeue(signum, frame):
             # `scontrol requeue` stops this run of the job with SIGTERM: that is the requeue, not a cancel.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -150,13 +152,23 @@ def _progress_factory(enabled: bool):
 
 def load_job_dataset(cfg: Config, start_dir: Path) -> LoadedDataset:
     """The data set ``cfg`` names, verified (``DataError`` in one line otherwise); paths are from ``start_dir``."""
-    def path(p: Optional[str]) -> Optional[str]:
+
+    def path(p: str | None) -> str | None:
         return None if p is None else str((start_dir / p).resolve())
 
     d = cfg.data
     spec = DatasetSpec.of(d.name, d.md5, d.mean, d.std, d.torchvision_class, path(d.system_dir), d.system_package)
-    return load_dataset(spec, d.format, path(d.root), d.download, path(d.train_dir), path(d.test_dir),
-                        d.train_limit, d.test_limit, d.subset_seed)
+    return load_dataset(
+        spec,
+        d.format,
+        path(d.root),
+        d.download,
+        path(d.train_dir),
+        path(d.test_dir),
+        d.train_limit,
+        d.test_limit,
+        d.subset_seed,
+    )
 
 
 def _device_data(dataset: LoadedDataset, mean: float, std: float, device: torch.device) -> DeviceData:
@@ -193,7 +205,7 @@ class OpenedRun:
 
     run_id: str
     checkpoint_path: Path
-    resume_from: Optional[Path] = None  # the checkpoint to continue from
+    resume_from: Path | None = None  # the checkpoint to continue from
     previous_tags: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -222,8 +234,14 @@ def run_job(cfg: Config, ctx: JobContext) -> JobResult:
         log.info("skip %s: already FINISHED as run %s (%s)", name, decision.run.info.run_id, decision.reason)
         return JobResult("SKIPPED", name, decision.run.info.run_id)
     training = build_training(cfg, ctx, dataset)
-    log.info("%s: %s, %d trainable parameters on %s\n%s", name, cfg.model.arch, count_parameters(training.model),
-             training.device, format_parameter_table(training.model))
+    log.info(
+        "%s: %s, %d trainable parameters on %s\n%s",
+        name,
+        cfg.model.arch,
+        count_parameters(training.model),
+        training.device,
+        format_parameter_table(training.model),
+    )
     run = open_run(client, experiment_id, name, fingerprint, decision, ctx)
     params = {**flat_config, "n_params": count_parameters(training.model)}
     tags = {**provenance.tags(), tracking.CONFIG_GROUP_TAG: identity.config_group(flat_config)}
@@ -246,8 +264,7 @@ def build_training(cfg: Config, ctx: JobContext, dataset: LoadedDataset) -> Trai
     return Training(model, trained_model, optimizer, generator, data, device, dataset, fast_path.kernels)
 
 
-def open_run(client, experiment_id: str, name: str, fingerprint: str, decision: Decision,
-             ctx: JobContext) -> OpenedRun:
+def open_run(client, experiment_id: str, name: str, fingerprint: str, decision: Decision, ctx: JobContext) -> OpenedRun:
     """Reopen the run ``decision`` continues (resume, take over), or create a new one; RUNNING from here on.
 
     A run taken over died before its first checkpoint: it trains from epoch 1, so
@@ -266,8 +283,16 @@ def open_run(client, experiment_id: str, name: str, fingerprint: str, decision: 
     return OpenedRun(run_id, checkpoint_path)
 
 
-def train_run(client, run: OpenedRun, name: str, training: Training, cfg: Config, params: dict[str, Any],
-              tags: dict[str, str], ctx: JobContext) -> JobResult:
+def train_run(
+    client,
+    run: OpenedRun,
+    name: str,
+    training: Training,
+    cfg: Config,
+    params: dict[str, Any],
+    tags: dict[str, str],
+    ctx: JobContext,
+) -> JobResult:
     """Everything after the run exists, under one ``try``: whatever happens, the run ends."""
     try:
         with tracking.Heartbeat(client, run.run_id):
@@ -293,22 +318,37 @@ def _train(client, run: OpenedRun, training: Training, cfg: Config, history: lis
     def on_epoch_end(metrics: EpochMetrics) -> None:
         history.append({"epoch": metrics.epoch, **metrics.as_dict()})
         # Checkpoint first: a kill between the two is repaired on resume from the history.
-        save_checkpoint(run.checkpoint_path, training.model, training.optimizer, training.generator,
-                        metrics.epoch, history)
+        save_checkpoint(
+            run.checkpoint_path, training.model, training.optimizer, training.generator, metrics.epoch, history
+        )
         tracking.log_metrics(client, run.run_id, metrics.epoch, metrics.as_dict())
         log.info("%s", metrics.log_line())
 
     fit(
-        training.trained_model, training.optimizer, training.data, cfg.train.epochs, cfg.train.batch_size,
-        cfg.train.eval_batch_size, training.generator, hflip_p=cfg.aug.hflip_p,
+        training.trained_model,
+        training.optimizer,
+        training.data,
+        cfg.train.epochs,
+        cfg.train.batch_size,
+        cfg.train.eval_batch_size,
+        training.generator,
+        hflip_p=cfg.aug.hflip_p,
         start_epoch=history[-1]["epoch"] + 1 if history else 1,
         amp_dtype=torch.bfloat16 if cfg.train.amp == "bf16" else None,
-        on_epoch_end=on_epoch_end, progress_factory=_progress_factory(sys.stderr.isatty()),
+        on_epoch_end=on_epoch_end,
+        progress_factory=_progress_factory(sys.stderr.isatty()),
     )
 
 
-def _prepare_run(client, run: OpenedRun, name: str, training: Training, params: dict[str, Any],
-                 provenance_tags: dict[str, str], ctx: JobContext) -> list[dict[str, float]]:
+def _prepare_run(
+    client,
+    run: OpenedRun,
+    name: str,
+    training: Training,
+    params: dict[str, Any],
+    provenance_tags: dict[str, str],
+    ctx: JobContext,
+) -> list[dict[str, float]]:
     """Tags, params and, when continuing, the checkpoint's state; the metric history so far."""
     tags = tracking.tags_for_job(" ".join(ctx.overrides), str(ctx.sweep_dir) if ctx.sweep_dir else None, ctx.job_num)
     tags.update(provenance_tags)
@@ -328,9 +368,7 @@ def _prepare_run(client, run: OpenedRun, name: str, training: Training, params: 
         if run.previous_tags:
             log.info("take over %s: run %s died before its first checkpoint; training from epoch 1", name, run.run_id)
         return []
-    last_epoch, history = load_checkpoint(
-        run.resume_from, training.model, training.optimizer, training.generator
-    )
+    last_epoch, history = load_checkpoint(run.resume_from, training.model, training.optimizer, training.generator)
     _log_missing_epochs(client, run.run_id, history)
     log.info("resume %s: run %s from epoch %d (%s)", name, run.run_id, last_epoch + 1, run.resume_from)
     return history

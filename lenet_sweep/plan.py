@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from mlflow.entities import Run
 
@@ -31,17 +31,21 @@ class PlannedJob:
     overrides: tuple[str, ...]
     fingerprint: str
     cfg: Config
-    data_digest: Optional[str] = None  # known once its data set was found and verified
+    data_digest: str | None = None  # known once its data set was found and verified
 
     @classmethod
-    def of(cls, cfg: Config, overrides: Sequence[str]) -> "PlannedJob":
+    def of(cls, cfg: Config, overrides: Sequence[str]) -> PlannedJob:
         fingerprint = identity.config_fingerprint(identity.flat_config(cfg))
         return cls(identity.run_name(cfg, overrides), tuple(overrides), fingerprint, cfg)
 
     def as_record(self) -> dict:
         """What the sweep's parent run lists of the job (``sweep_jobs.json``)."""
-        return {"run_name": self.name, tracking.FINGERPRINT_TAG: self.fingerprint, "epochs": self.cfg.train.epochs,
-                "overrides": list(self.overrides)}
+        return {
+            "run_name": self.name,
+            tracking.FINGERPRINT_TAG: self.fingerprint,
+            "epochs": self.cfg.train.epochs,
+            "overrides": list(self.overrides),
+        }
 
 
 @dataclass(frozen=True)
@@ -49,13 +53,20 @@ class Decision:
     """``action`` is one of ``ACTIONS``; ``run`` the earlier run it concerns; ``reason`` says why, for people."""
 
     action: str
-    run: Optional[Run] = None
-    checkpoint: Optional[Path] = None  # resume: the checkpoint to continue from
+    run: Run | None = None
+    checkpoint: Path | None = None  # resume: the checkpoint to continue from
     reason: str = ""
 
 
-def decide(client, experiment_id: str, fingerprint: str, skip_finished: str, resume: bool,
-           provenance: Provenance, orphaned: frozenset[str] = frozenset()) -> Decision:
+def decide(
+    client,
+    experiment_id: str,
+    fingerprint: str,
+    skip_finished: str,
+    resume: bool,
+    provenance: Provenance,
+    orphaned: frozenset[str] = frozenset(),
+) -> Decision:
     """What to do for a job with this config ``fingerprint``, computed by ``provenance``'s code on its data.
 
     ``skip_finished``: ``config`` skips when a FINISHED run has the same config and
@@ -71,8 +82,11 @@ def decide(client, experiment_id: str, fingerprint: str, skip_finished: str, res
             if skip:
                 return Decision("skip", run, reason=reason)
     if resume:
-        runs = [run for run in tracking.find_runs(client, experiment_id, fingerprint, (*RESUMABLE, "RUNNING"))
-                if (run.info.status != "RUNNING" or run.info.run_id in orphaned) and provenance.same_data_as(run)]
+        runs = [
+            run
+            for run in tracking.find_runs(client, experiment_id, fingerprint, (*RESUMABLE, "RUNNING"))
+            if (run.info.status != "RUNNING" or run.info.run_id in orphaned) and provenance.same_data_as(run)
+        ]
         for run in runs:
             checkpoint = run.data.tags.get(tracking.CHECKPOINT_TAG)
             if checkpoint and Path(checkpoint).is_file():
@@ -129,8 +143,9 @@ def count_line(decisions: Sequence[Decision]) -> str:
     return f"{len(decisions)} jobs: " + ", ".join(parts)
 
 
-def print_plan(tracking_uri: str, experiment: str, jobs: Optional[Sequence[PlannedJob]],
-               orphan_after_minutes: float) -> int:
+def print_plan(
+    tracking_uri: str, experiment: str, jobs: Sequence[PlannedJob] | None, orphan_after_minutes: float
+) -> int:
     """Print what a launch would do with each job, and a count line; read the store only. The exit code."""
     if jobs is None:
         print("no plan: this sweeper chooses its jobs as it runs")
@@ -139,16 +154,26 @@ def print_plan(tracking_uri: str, experiment: str, jobs: Optional[Sequence[Plann
     orphaned: frozenset[str] = frozenset()
     if experiment_id is not None:
         running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10000)
-        orphaned = frozenset(r.info.run_id for r in running
-                             if tracking.orphan_reason(r.data.tags, orphan_after_minutes * 60))
+        orphaned = frozenset(
+            r.info.run_id for r in running if tracking.orphan_reason(r.data.tags, orphan_after_minutes * 60)
+        )
     code = code_version()
     name_width = max((len(job.name) for job in jobs), default=0)
     decisions = []
     for job in jobs:
         provenance = Provenance(code, data_digest=job.data_digest)
-        decision = Decision("new") if experiment_id is None else decide(
-            client, experiment_id, job.fingerprint, job.cfg.sweep.skip_finished, job.cfg.sweep.resume, provenance,
-            orphaned,
+        decision = (
+            Decision("new")
+            if experiment_id is None
+            else decide(
+                client,
+                experiment_id,
+                job.fingerprint,
+                job.cfg.sweep.skip_finished,
+                job.cfg.sweep.resume,
+                provenance,
+                orphaned,
+            )
         )
         decisions.append(decision)
         print(describe(job.name, decision, job.cfg.train.epochs, client, name_width))

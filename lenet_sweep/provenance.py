@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
 
 import torch
 from mlflow.entities import Run
@@ -24,8 +24,8 @@ TORCH_TAG = "torch_version"
 
 @dataclass(frozen=True)
 class CodeVersion:
-    commit: Optional[str]  # None: not run from a git checkout (an installed wheel)
-    dirty_digest: Optional[str] = None
+    commit: str | None  # None: not run from a git checkout (an installed wheel)
+    dirty_digest: str | None = None
 
     @property
     def clean(self) -> bool:
@@ -40,7 +40,7 @@ class CodeVersion:
 @dataclass(frozen=True)
 class Provenance:
     code: CodeVersion
-    data_digest: Optional[str]
+    data_digest: str | None
 
     def tags(self) -> dict[str, str]:
         tags = {DIRTY_TAG: self.code.dirty_digest or "", TORCH_TAG: torch.__version__}
@@ -61,7 +61,7 @@ def code_of_run(run: Run) -> CodeVersion:
     return CodeVersion(tags.get(MLFLOW_GIT_COMMIT) or None, tags.get(DIRTY_TAG) or None)
 
 
-def _git(*args: str) -> Optional[str]:
+def _git(*args: str) -> str | None:
     try:
         result = subprocess.run(["git", "-C", str(PACKAGE_DIR), *args], capture_output=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):

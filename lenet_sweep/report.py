@@ -58,6 +58,7 @@ class Report:
 
 # --- gathering -------------------------------------------------------------------------
 
+
 def select_runs(client, experiment_id: str, filter_string: str | None, include_failed: bool):
     """The experiment's job runs matching the filter: FINISHED, plus FAILED/KILLED with ``include_failed``.
 
@@ -70,7 +71,7 @@ def select_runs(client, experiment_id: str, filter_string: str | None, include_f
         except MlflowException as error:
             if not filter_string or error.error_code != "INVALID_PARAMETER_VALUE":
                 raise
-            raise ReportError(f"--filter \"{filter_string}\": {error.message.splitlines()[0]}") from None
+            raise ReportError(f'--filter "{filter_string}": {error.message.splitlines()[0]}') from None
         runs.extend(page)
         token = page.token
         if not token:
@@ -80,7 +81,7 @@ def select_runs(client, experiment_id: str, filter_string: str | None, include_f
     left_out = 0 if include_failed else sum(r.info.status in FAILED_STATUSES for r in jobs)
     if not selected:
         name = client.get_experiment(experiment_id).name
-        where = f" matching filter \"{filter_string}\"" if filter_string else ""
+        where = f' matching filter "{filter_string}"' if filter_string else ""
         hint = f" ({left_out} FAILED/KILLED; add --include-failed to report them)" if left_out else ""
         raise ReportError(f"no {'' if include_failed else 'FINISHED '}runs in experiment '{name}'{where}{hint}")
     return selected, left_out
@@ -90,7 +91,9 @@ def load_histories(client, runs) -> pd.DataFrame:
     """One row per (run, epoch) with every per-epoch metric; a step logged twice keeps its latest value."""
     rows = [
         (run.info.run_id, m.step, key, m.value, m.timestamp)
-        for run in runs for key in ALL_METRICS for m in client.get_metric_history(run.info.run_id, key)
+        for run in runs
+        for key in ALL_METRICS
+        for m in client.get_metric_history(run.info.run_id, key)
     ]
     frame = pd.DataFrame(rows, columns=["run_id", "epoch", "metric", "value", "timestamp"])
     frame = frame.sort_values("timestamp").drop_duplicates(["run_id", "epoch", "metric"], keep="last")
@@ -99,6 +102,7 @@ def load_histories(client, runs) -> pd.DataFrame:
 
 
 # --- grouping and aggregation ----------------------------------------------------------
+
 
 def is_bookkeeping(key: str) -> bool:
     """Params that say where or how a run ran, not what it computed (``identity.NOT_COMPUTED``)."""
@@ -160,9 +164,14 @@ def aggregate(frame: pd.DataFrame, hist: pd.DataFrame, group_by: list[str], epoc
         values = at.loc[members.index]
         epochs = values["epoch"][values["test_acc"].notna()]
         row = {k: members[k].iloc[0] for k in group_by}
-        row.update(label=label, n_params=_n_params(members["n_params"]), seeds=len(members),
-                   failed=int(members["status"].isin(FAILED_STATUSES).sum()),
-                   epoch=epochs.max(), epochs_differ=epochs.nunique() > 1)
+        row.update(
+            label=label,
+            n_params=_n_params(members["n_params"]),
+            seeds=len(members),
+            failed=int(members["status"].isin(FAILED_STATUSES).sum()),
+            epoch=epochs.max(),
+            epochs_differ=epochs.nunique() > 1,
+        )
         for key in METRICS:
             row[f"{key}_mean"], row[f"{key}_std"] = values[key].mean(), values[key].std(ddof=1)
         row["test_acc_n"] = int(values["test_acc"].count())
@@ -209,8 +218,16 @@ def mean_std(mean: float, std: float = float("nan"), digits: int = 2) -> str:
 def markdown_table(table, group_by: Sequence[str], show_failed: bool) -> str:
     """The report table (one row per configuration, as ``aggregate`` makes it) as GitHub markdown."""
     show_epoch = bool(table["epochs_differ"].any() or table["epoch"].nunique() > 1)
-    header = [*group_by, "n_params", "seeds", *(["failed"] if show_failed else []), *(["epoch"] if show_epoch else []),
-              *DIGITS, "best test_acc (epoch)", "s/epoch"]
+    header = [
+        *group_by,
+        "n_params",
+        "seeds",
+        *(["failed"] if show_failed else []),
+        *(["epoch"] if show_epoch else []),
+        *DIGITS,
+        "best test_acc (epoch)",
+        "s/epoch",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in table.iterrows():
         n = r["n_params"]
@@ -239,17 +256,22 @@ def findings(table, at: str) -> str:
     a = rows.iloc[0]
     acc = {r["label"]: mean_std(r["test_acc_mean"], r["test_acc_std"]) for _, r in rows.iterrows()}
     if len(rows) == 1:
-        return (f"Only one configuration (**{a['label']}**, test accuracy {acc[a['label']]} % at {at}); "
-                "nothing to compare.")
+        return (
+            f"Only one configuration (**{a['label']}**, test accuracy {acc[a['label']]} % at {at}); nothing to compare."
+        )
     b = rows.iloc[1]
     diff = a["test_acc_mean"] - b["test_acc_mean"]
-    text = (f"**{a['label']}** has the highest test accuracy at {at}: {acc[a['label']]} %, {diff:.2f} points ahead of "
-            f"the runner-up **{b['label']}** ({acc[b['label']]} %).")
+    text = (
+        f"**{a['label']}** has the highest test accuracy at {at}: {acc[a['label']]} %, {diff:.2f} points ahead of "
+        f"the runner-up **{b['label']}** ({acc[b['label']]} %)."
+    )
     (na, sa), (nb, sb) = (a["test_acc_n"], a["test_acc_std"]), (b["test_acc_n"], b["test_acc_std"])
     if min(na, nb) < 2:
         single = [r["label"] for r in (a, b) if r["test_acc_n"] < 2]
-        text += (f" {' and '.join(single)} {'has' if len(single) == 1 else 'have'} only one seed, so no seed-to-seed "
-                 "spread can be judged: the ranking rests on single runs and may not hold for other seeds.")
+        text += (
+            f" {' and '.join(single)} {'has' if len(single) == 1 else 'have'} only one seed, so no seed-to-seed "
+            "spread can be judged: the ranking rests on single runs and may not hold for other seeds."
+        )
     else:
         detail = f"seed-to-seed std {sa:.2f} and {sb:.2f} points over {na} and {nb} seeds"
         if sa == 0 and sb == 0:
@@ -262,12 +284,16 @@ def findings(table, at: str) -> str:
             text += f" The lead is larger than the seed-to-seed spread ({detail})."
         else:
             smaller = " it is smaller than one seed-to-seed standard deviation, and" if diff < max(sa, sb) else ""
-            text += (f" The lead is **not** larger than the seed-to-seed spread ({detail}):{smaller} with these seeds "
-                     "the two configurations cannot be told apart.")
+            text += (
+                f" The lead is **not** larger than the seed-to-seed spread ({detail}):{smaller} with these seeds "
+                "the two configurations cannot be told apart."
+            )
     top = rows.loc[rows["best_test_acc"].idxmax()]
     if top["label"] != a["label"]:
-        text += (f" Taking each configuration's best epoch instead (chosen on the test set, so optimistic), "
-                 f"**{top['label']}** leads with {top['best_test_acc']:.2f} % at epoch {top['best_epoch']}.")
+        text += (
+            f" Taking each configuration's best epoch instead (chosen on the test set, so optimistic), "
+            f"**{top['label']}** leads with {top['best_test_acc']:.2f} % at epoch {top['best_epoch']}."
+        )
     return text
 
 
@@ -303,8 +329,9 @@ def parameter_tables(frame) -> str:
     return "\n\n".join(blocks)
 
 
-def write_tables_and_page(out_dir: Path, table, table_md: str, summary: str, findings_text: str,
-                          figure_files: Mapping[str, str], frame) -> list[Path]:
+def write_tables_and_page(
+    out_dir: Path, table, table_md: str, summary: str, findings_text: str, figure_files: Mapping[str, str], frame
+) -> list[Path]:
     """``table.csv`` (mean and std columns), ``table.md`` and ``report.md``; returns their paths.
 
     ``report.md``: the summary line, the table and its notes, the findings, the figures, the parameters.
@@ -312,9 +339,26 @@ def write_tables_and_page(out_dir: Path, table, table_md: str, summary: str, fin
     csv = table.drop(columns=["epochs_differ", "test_acc_n"]).assign(figure=table["label"].map(figure_files))
     csv.to_csv(out_dir / "table.csv", index=False)
     (out_dir / "table.md").write_text(table_md + "\n")
-    page = ["# lenet_sweep report", "", summary, "", "## Results", "", table_md, "", *NOTES, "",
-            "## Findings", "", findings_text, "",
-            "## Learning curves", "", "![test accuracy of every configuration](overview_test_acc.png)", ""]
+    page = [
+        "# lenet_sweep report",
+        "",
+        summary,
+        "",
+        "## Results",
+        "",
+        table_md,
+        "",
+        *NOTES,
+        "",
+        "## Findings",
+        "",
+        findings_text,
+        "",
+        "## Learning curves",
+        "",
+        "![test accuracy of every configuration](overview_test_acc.png)",
+        "",
+    ]
     for label, name in figure_files.items():
         page += [f"### {label}", "", f"![{label}: loss and accuracy against epoch]({name})", ""]
     page += ["## Parameters per layer", "", parameter_tables(frame), ""]
@@ -324,9 +368,17 @@ def write_tables_and_page(out_dir: Path, table, table_md: str, summary: str, fin
 
 # --- the report ------------------------------------------------------------------------
 
-def build_report(client, experiment_id: str, out_dir: Path, *, filter_string: str | None = None,
-                 group_by: list[str] | None = None, epoch: int | None = None,
-                 include_failed: bool = False) -> Report:
+
+def build_report(
+    client,
+    experiment_id: str,
+    out_dir: Path,
+    *,
+    filter_string: str | None = None,
+    group_by: list[str] | None = None,
+    epoch: int | None = None,
+    include_failed: bool = False,
+) -> Report:
     """Build the report of the experiment's runs matching ``filter_string`` into ``out_dir``.
 
     For a sweep's own jobs pass ``filter_string=run_ids_filter(ids)`` (skipped jobs included)
@@ -363,9 +415,11 @@ def build_report(client, experiment_id: str, out_dir: Path, *, filter_string: st
     failed = int(table["failed"].sum())
     statuses = f"runs ({len(runs) - failed} FINISHED, {failed} FAILED/KILLED)" if include_failed else "FINISHED runs"
     excluded = f" ({left_out} FAILED/KILLED left out)" if left_out else ""
-    summary = (f"{len(runs)} {statuses}{excluded} of experiment `{client.get_experiment(experiment_id).name}`"
-               f"{where} in `{client.tracking_uri}`, grouped by {', '.join(f'`{k}`' for k in keys) or 'nothing'}; "
-               f"values at {at}." + (f" Rows mix runs that differ in {', '.join(mixed)}." if mixed else ""))
+    summary = (
+        f"{len(runs)} {statuses}{excluded} of experiment `{client.get_experiment(experiment_id).name}`"
+        f"{where} in `{client.tracking_uri}`, grouped by {', '.join(f'`{k}`' for k in keys) or 'nothing'}; "
+        f"values at {at}." + (f" Rows mix runs that differ in {', '.join(mixed)}." if mixed else "")
+    )
     out_dir = Path(out_dir)
     written = figures.write_figures(out_dir, list(zip(table["label"], table["seeds"])), curves)
     files = [out_dir / name for name in [*written.values(), "overview_test_acc.png"]]
@@ -429,6 +483,7 @@ def run_ids_filter(run_ids: Sequence[str]) -> str:
 
 # --- command line ----------------------------------------------------------------------
 
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line and exit 2, like every other input error
         print(f"error: {message}", file=sys.stderr)
@@ -445,13 +500,20 @@ def _epoch(text: str) -> int | None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line; see ``python -m lenet_sweep.report --help``."""
-    p = _Parser(prog="python -m lenet_sweep.report",
-                description="Compare an experiment's configurations across seeds: table, learning curves, report.md.")
-    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/outputs/mlflow.db)")
+    p = _Parser(
+        prog="python -m lenet_sweep.report",
+        description="Compare an experiment's configurations across seeds: table, learning curves, report.md.",
+    )
+    p.add_argument(
+        "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/outputs/mlflow.db)"
+    )
     p.add_argument("--experiment", default="lenet_sweep", help="experiment name (default: lenet_sweep)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: outputs/report/)")
-    p.add_argument("--group-by", help="comma-separated param keys (default: the config params that vary, "
-                                      "minus seed, paths/bookkeeping and keys that vary along with another)")
+    p.add_argument(
+        "--group-by",
+        help="comma-separated param keys (default: the config params that vary, "
+        "minus seed, paths/bookkeeping and keys that vary along with another)",
+    )
     p.add_argument("--filter", help="MLflow search filter, e.g. \"params.model.name = 'mlp'\"")
     p.add_argument("--epoch", type=_epoch, default=None, help="epoch whose values fill the table (default: last)")
     p.add_argument("--include-failed", action="store_true", help="also report FAILED and KILLED runs")
@@ -467,8 +529,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         client = tracking.open_existing_store(uri)
         experiment_id = tracking.find_experiment(client, args.experiment)
-        report = build_report(client, experiment_id, args.out, filter_string=args.filter, group_by=group_by,
-                              epoch=args.epoch, include_failed=args.include_failed)
+        report = build_report(
+            client,
+            experiment_id,
+            args.out,
+            filter_string=args.filter,
+            group_by=group_by,
+            epoch=args.epoch,
+            include_failed=args.include_failed,
+        )
     except (ReportError, tracking.TrackingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,9 +15,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
@@ -35,10 +35,10 @@ class JobStatus:
     status: str  # FINISHED, RUNNING, FAILED, KILLED, or MISSING (never started)
     run_name: str
     epochs_done: int
-    epochs_total: Optional[int]
-    test_acc: Optional[float]
+    epochs_total: int | None
+    test_acc: float | None
     host: str
-    last_metric_age_seconds: Optional[float]
+    last_metric_age_seconds: float | None
 
     def cells(self) -> tuple[str, ...]:
         total = "?" if self.epochs_total is None else self.epochs_total
@@ -64,7 +64,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def find_sweep(client, experiment_id: str, parent_run_id: Optional[str]) -> Run:
+def find_sweep(client, experiment_id: str, parent_run_id: str | None) -> Run:
     """The sweep's parent run: ``parent_run_id``, or the experiment's most recently started sweep."""
     if parent_run_id:
         try:
@@ -74,8 +74,9 @@ def find_sweep(client, experiment_id: str, parent_run_id: Optional[str]) -> Run:
         if run.data.tags.get("sweep") != "true":
             raise StatusError(f"--sweep {parent_run_id}: run {run.info.run_name!r} is not a sweep's parent run")
         return run
-    sweeps = client.search_runs([experiment_id], filter_string="tags.sweep = 'true'",
-                                order_by=["attributes.start_time DESC"], max_results=1)
+    sweeps = client.search_runs(
+        [experiment_id], filter_string="tags.sweep = 'true'", order_by=["attributes.start_time DESC"], max_results=1
+    )
     if not sweeps:
         raise StatusError("no sweep in this experiment yet (run one with `python -m lenet_sweep -m ...`)")
     return sweeps[0]
@@ -85,20 +86,30 @@ def planned_jobs(client, parent: Run) -> list[dict]:
     """The jobs the sweep's parent lists; an older parent without the list gives its children instead."""
     try:
         with tempfile.TemporaryDirectory() as directory:
-            return json.loads(Path(client.download_artifacts(parent.info.run_id, tracking.SWEEP_JOBS_ARTIFACT, directory))
-                              .read_text())
+            return json.loads(
+                Path(client.download_artifacts(parent.info.run_id, tracking.SWEEP_JOBS_ARTIFACT, directory)).read_text()
+            )
     except (MlflowException, OSError):
-        return [{"run_name": run.info.run_name, tracking.FINGERPRINT_TAG: run.data.tags.get(tracking.FINGERPRINT_TAG),
-                 "epochs": None} for run in _children(client, parent)]
+        return [
+            {
+                "run_name": run.info.run_name,
+                tracking.FINGERPRINT_TAG: run.data.tags.get(tracking.FINGERPRINT_TAG),
+                "epochs": None,
+            }
+            for run in _children(client, parent)
+        ]
 
 
 def _children(client, parent: Run) -> list[Run]:
-    return client.search_runs([parent.info.experiment_id],
-                              filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'",
-                              order_by=["attributes.start_time DESC"], max_results=10000)
+    return client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=10000,
+    )
 
 
-def job_statuses(client, parent: Run, now: Optional[float] = None) -> list[JobStatus]:
+def job_statuses(client, parent: Run, now: float | None = None) -> list[JobStatus]:
     """Each planned job's run: the parent's child with its fingerprint, else a FINISHED run it skipped to."""
     now = time.time() if now is None else now
     children = _children(client, parent)
@@ -113,15 +124,18 @@ def job_statuses(client, parent: Run, now: Optional[float] = None) -> list[JobSt
     return statuses
 
 
-def _status_of(client, job: dict, run: Optional[Run], now: float) -> JobStatus:
+def _status_of(client, job: dict, run: Run | None, now: float) -> JobStatus:
     if run is None:
         return JobStatus("MISSING", job["run_name"], 0, job.get("epochs"), None, "", None)
     history = client.get_metric_history(run.info.run_id, "test_acc")
     last = max(history, key=lambda m: m.step, default=None)
     total = run.data.params.get("train.epochs")
     return JobStatus(
-        run.info.status, run.info.run_name, last.step if last else 0,
-        int(total) if total else job.get("epochs"), last.value if last else None,
+        run.info.status,
+        run.info.run_name,
+        last.step if last else 0,
+        int(total) if total else job.get("epochs"),
+        last.value if last else None,
         run.data.tags.get(tracking.HOST_TAG, ""),
         now - max(m.timestamp for m in history) / 1000 if history else None,
     )
@@ -133,7 +147,7 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(prog="python -m lenet_sweep.status", description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db")
     parser.add_argument("--experiment", default="lenet_sweep")

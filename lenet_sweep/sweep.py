@@ -19,22 +19,22 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import hydra
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from mlflow.exceptions import MlflowException
 from hydra.experimental.callback import Callback
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lenet_sweep import identity, tracking
 from lenet_sweep.config import Config, ConfigError, check_known_keys, one_line
-from lenet_sweep.plan import PlannedJob, print_plan
 from lenet_sweep.data import DataError
 from lenet_sweep.job import PARENT_RUN_FILE, STATUS_FILE, load_job_dataset, raise_terminated
+from lenet_sweep.plan import PlannedJob, print_plan
 
 STATUSES = ("FINISHED", "FAILED", "KILLED", "SKIPPED")
 LAUNCHES_TAG = "launches"  # how often the sweep was launched; the parent's job counts are logged at that step
@@ -52,7 +52,9 @@ def read_job_statuses(sweep_dir: Path) -> list[dict[str, Any]]:
         if status_file.is_file():
             results.append(json.loads(status_file.read_text()))
         else:
-            results.append({"status": "FAILED", "run_name": f"job {job_dir.name}", "reason": "no status (process died)"})
+            results.append(
+                {"status": "FAILED", "run_name": f"job {job_dir.name}", "reason": "no status (process died)"}
+            )
     return results
 
 
@@ -74,7 +76,7 @@ class HydraInternalsChanged(HydraException):
     """The part of Hydra's private API that ``sweep_job_overrides`` uses is not what hydra-core 1.3 had."""
 
 
-def sweep_job_overrides(config: DictConfig) -> Optional[list[list[str]]]:
+def sweep_job_overrides(config: DictConfig) -> list[list[str]] | None:
     """The overrides of every job of the sweep, in launch order (job 0 first), as Hydra's basic sweeper
     will launch them; ``None`` under another sweeper, which chooses its jobs as it goes.
 
@@ -99,7 +101,7 @@ def sweep_job_overrides(config: DictConfig) -> Optional[list[list[str]]]:
         ) from error
 
 
-def compose_every_job(config: DictConfig) -> Optional[list[PlannedJob]]:
+def compose_every_job(config: DictConfig) -> list[PlannedJob] | None:
     """Compose and check each job of the sweep as the launcher will, before any job starts.
 
     Hydra's basic sweeper composes the jobs of a batch before launching it, but
@@ -131,7 +133,7 @@ def with_verified_data(jobs: list[PlannedJob], start_dir: Path) -> list[PlannedJ
     return [dataclasses.replace(job, data_digest=load_job_dataset(job.cfg, start_dir).digest) for job in jobs]
 
 
-_launching_pid: Optional[int] = None
+_launching_pid: int | None = None
 
 
 def in_launching_process() -> bool:
@@ -154,26 +156,35 @@ def open_parent_run(client: tracking.MlflowClient, experiment_id: str, config: D
     fingerprint = identity.sweep_fingerprint(overrides, params)
     sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
     earlier = client.search_runs(
-        [experiment_id], filter_string=f"tags.{tracking.SWEEP_FINGERPRINT_TAG} = '{fingerprint}'",
-        order_by=["attributes.start_time DESC"], max_results=1,
+        [experiment_id],
+        filter_string=f"tags.{tracking.SWEEP_FINGERPRINT_TAG} = '{fingerprint}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
     if earlier:
         parent = earlier[0]
         if parent.info.status == "RUNNING":
             tags = parent.data.tags
-            raise SweepError(f"this sweep is already running: parent run {parent.info.run_id} on "
-                             f"{tags.get(tracking.HOST_TAG)} (pid {tags.get(tracking.PID_TAG)})")
+            raise SweepError(
+                f"this sweep is already running: parent run {parent.info.run_id} on "
+                f"{tags.get(tracking.HOST_TAG)} (pid {tags.get(tracking.PID_TAG)})"
+            )
         launches = int(parent.data.tags.get(LAUNCHES_TAG, "1")) + 1
-        tracking.set_tags(client, parent.info.run_id,
-                          {**tracking.owner_tags(), "hydra.sweep_dir": sweep_dir, LAUNCHES_TAG: launches})
+        tracking.set_tags(
+            client, parent.info.run_id, {**tracking.owner_tags(), "hydra.sweep_dir": sweep_dir, LAUNCHES_TAG: launches}
+        )
         if tracking.FAILURE_TAG in parent.data.tags:
             client.delete_tag(parent.info.run_id, tracking.FAILURE_TAG)
         client.update_run(parent.info.run_id, status="RUNNING")
         print(f"relaunch {launches} of sweep {parent.info.run_id} ({parent.info.run_name})", file=sys.stderr)
         return parent.info.run_id
     name = f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(overrides)}".strip()
-    tags = {"sweep": "true", "hydra.sweep_dir": sweep_dir, tracking.SWEEP_FINGERPRINT_TAG: fingerprint,
-            LAUNCHES_TAG: "1"}
+    tags = {
+        "sweep": "true",
+        "hydra.sweep_dir": sweep_dir,
+        tracking.SWEEP_FINGERPRINT_TAG: fingerprint,
+        LAUNCHES_TAG: "1",
+    }
     run_id = tracking.start_run(client, experiment_id, name, tags)
     try:  # MLflow's param names take no Hydra prefix (+study=mlp is logged as study)
         tracking.log_params(client, run_id, dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o))
@@ -187,10 +198,10 @@ class SweepCallback(Callback):
     """Parent MLflow run and end-of-sweep summary for ``-m`` runs."""
 
     def __init__(self) -> None:
-        self.client: Optional[tracking.MlflowClient] = None
-        self.parent_run_id: Optional[str] = None
-        self.sweep_dir: Optional[Path] = None
-        self.heartbeat: Optional[tracking.Heartbeat] = None
+        self.client: tracking.MlflowClient | None = None
+        self.parent_run_id: str | None = None
+        self.sweep_dir: Path | None = None
+        self.heartbeat: tracking.Heartbeat | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Launchers ship the callbacks to their workers; the parent run belongs to the launching process alone.

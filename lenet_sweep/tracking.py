@@ -15,8 +15,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -49,7 +50,7 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message names the URI."""
 
 
-def resolve_tracking_uri(configured: Optional[str], start_dir: Path) -> str:
+def resolve_tracking_uri(configured: str | None, start_dir: Path) -> str:
     """``configured`` if set, else ``MLFLOW_TRACKING_URI``, else the project's SQLite store under ``start_dir``."""
     if configured:
         return configured
@@ -59,7 +60,7 @@ def resolve_tracking_uri(configured: Optional[str], start_dir: Path) -> str:
     return "sqlite:///" + str((start_dir / DEFAULT_STORE).resolve())
 
 
-def default_artifact_location(tracking_uri: str) -> Optional[str]:
+def default_artifact_location(tracking_uri: str) -> str | None:
     """Artifacts of a SQLite store go beside the database (``outputs/mlartifacts`` for the default store).
 
     Other stores (a tracking server, a file store) decide their own.
@@ -98,7 +99,7 @@ def check_reachable(tracking_uri: str, timeout_seconds: float = 5.0) -> None:
             raise TrackingError(f"MLflow store {tracking_uri}: cannot create {db_path.parent}: {error}") from None
 
 
-def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: Optional[str]) -> str:
+def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     """The id of experiment ``name``, created if missing (safe when parallel jobs race to create it)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -176,7 +177,7 @@ def _slurm_job_gone(job_id: str) -> bool:
     return "invalid job id" in result.stderr.lower()
 
 
-def orphan_reason(tags: Mapping[str, str], stale_after_seconds: float, now: Optional[float] = None) -> Optional[str]:
+def orphan_reason(tags: Mapping[str, str], stale_after_seconds: float, now: float | None = None) -> str | None:
     """Why a RUNNING run with these tags has no live owner, or None when it may still have one.
 
     On the owner's host its process id decides. From any host, a SLURM job that
@@ -234,7 +235,7 @@ class Heartbeat:
         if self._thread.is_alive():
             self._thread.join()
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self.start()
         return self
 
@@ -257,7 +258,7 @@ def start_run(
     experiment_id: str,
     run_name: str,
     tags: Mapping[str, str],
-    parent_run_id: Optional[str] = None,
+    parent_run_id: str | None = None,
 ) -> str:
     """Create a RUNNING run (a child of ``parent_run_id`` when given) and return its id."""
     all_tags = {MLFLOW_RUN_NAME: run_name, MLFLOW_SOURCE_NAME: "lenet_sweep", **owner_tags(), **tags}
@@ -282,7 +283,7 @@ def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None
     client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
 
-def end_run(client: MlflowClient, run_id: str, status: str, reason: Optional[str] = None) -> None:
+def end_run(client: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:
     """Mark the run FINISHED, FAILED or KILLED, recording ``reason`` as a tag when given."""
     if reason:
         # MLflow caps tag values; the start of the message says what happened.
@@ -290,7 +291,7 @@ def end_run(client: MlflowClient, run_id: str, status: str, reason: Optional[str
     client.set_terminated(run_id, status=status)
 
 
-def tags_for_job(override_string: str, sweep_dir: Optional[str], job_num: Optional[int]) -> dict[str, str]:
+def tags_for_job(override_string: str, sweep_dir: str | None, job_num: int | None) -> dict[str, str]:
     tags = {"hydra.overrides": override_string or "(defaults)"}
     if sweep_dir is not None:
         tags["hydra.sweep_dir"] = sweep_dir

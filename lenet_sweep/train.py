@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Optional
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -62,7 +63,7 @@ class EpochMetrics:
 
 
 def make_optimizer(
-    params: Iterable[torch.Tensor], name: str, lr: float, momentum: Optional[float] = None, weight_decay: float = 0.0
+    params: Iterable[torch.Tensor], name: str, lr: float, momentum: float | None = None, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
     """``sgd`` (with momentum) or ``adam`` over ``params``, in PyTorch's fused implementation
     (one kernel for all parameters instead of a Python loop of small ops)."""
@@ -82,7 +83,7 @@ def random_hflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
     if amp_dtype is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
@@ -96,9 +97,9 @@ def train_one_epoch(
     batch_size: int,
     generator: torch.Generator,
     hflip_p: float = 0.0,
-    amp_dtype: Optional[torch.dtype] = None,
-    progress: Optional[Callable[[int], None]] = None,
-    graphed: Optional[GraphedTrainStep] = None,
+    amp_dtype: torch.dtype | None = None,
+    progress: Callable[[int], None] | None = None,
+    graphed: GraphedTrainStep | None = None,
 ) -> tuple[float, float]:
     """One pass over ``x``/``y`` in shuffled batches; returns (mean loss per sample, accuracy %).
 
@@ -144,7 +145,7 @@ def evaluate(
     x: torch.Tensor,
     y: torch.Tensor,
     batch_size: int,
-    amp_dtype: Optional[torch.dtype] = None,
+    amp_dtype: torch.dtype | None = None,
 ) -> tuple[float, float]:
     """(mean loss per sample, accuracy %) of ``model`` on ``x``/``y``, without augmentation."""
     model.eval()
@@ -169,9 +170,9 @@ def fit(
     generator: torch.Generator,
     hflip_p: float = 0.0,
     start_epoch: int = 1,
-    amp_dtype: Optional[torch.dtype] = None,
-    on_epoch_end: Optional[Callable[[EpochMetrics], None]] = None,
-    progress_factory: Optional[Callable[[int, int], Callable[[int], None]]] = None,
+    amp_dtype: torch.dtype | None = None,
+    on_epoch_end: Callable[[EpochMetrics], None] | None = None,
+    progress_factory: Callable[[int, int], Callable[[int], None]] | None = None,
 ) -> list[EpochMetrics]:
     """Train epochs ``start_epoch..epochs``, evaluating on the test set after each.
 

@@ -35,7 +35,8 @@ from tests.helpers.services import (
 )
 
 SCREENSHOT_FLAGS = [
-    "--hide-scrollbars", "--window-size=1400,900",
+    "--hide-scrollbars",
+    "--window-size=1400,900",
     # Paint every layer (the table's sticky header included) before the screenshot is taken.
     "--run-all-compositor-stages-before-draw",
     # Report a mouse: headless has none, so plotly would pin its toolbar over the curves.
@@ -69,8 +70,13 @@ def pick_runs(store: str, experiment: str, wanted: list[str]) -> tuple[str, list
 def compare_url(base: str, experiment_id: str, run_ids: list[str], metric: str) -> str:
     """The metric page reached from "Compare" -> a metric: every run's curve of ``metric`` against step."""
     query = {
-        "runs": json.dumps(run_ids), "metric": json.dumps(metric), "experiments": json.dumps([experiment_id]),
-        "plot_metric_keys": json.dumps([metric]), "x_axis": "step", "show_point": "true", "line_smoothness": "0",
+        "runs": json.dumps(run_ids),
+        "metric": json.dumps(metric),
+        "experiments": json.dumps([experiment_id]),
+        "plot_metric_keys": json.dumps([metric]),
+        "x_axis": "step",
+        "show_point": "true",
+        "line_smoothness": "0",
     }
     return f"{base}/#/metric?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
 
@@ -114,14 +120,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ui-screenshot-") as tmp:
         tmp = Path(tmp)
         server, _ = start_mlflow(
-            "ui", args.store, port, tmp / "server.log", env=env,
+            "ui",
+            args.store,
+            port,
+            tmp / "server.log",
+            env=env,
             extra_args=["--allowed-hosts", f"{ALIAS}:{port},127.0.0.1:{port}", "--cors-allowed-origins", base],
         )
         try:
             url = compare_url(base, experiment_id, [r.info.run_id for r in runs], args.metric)
             print(f"url: {url}", flush=True)
-            browser = [*SCREENSHOT_FLAGS, f"--host-resolver-rules=MAP {ALIAS} 127.0.0.1",
-                       f"--virtual-time-budget={args.budget_ms}"]
+            browser = [
+                *SCREENSHOT_FLAGS,
+                f"--host-resolver-rules=MAP {ALIAS} 127.0.0.1",
+                f"--virtual-time-budget={args.budget_ms}",
+            ]
             dom = run_chromium(browser + ["--dump-dom", url], tmp / "profile-dom", 120)
             missing = [n for n in names if n not in dom]
             if missing or "main-svg" not in dom:

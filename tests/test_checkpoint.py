@@ -45,8 +45,11 @@ def trained(make, batch):
     return model, optimizer
 
 
-@pytest.mark.parametrize("save_with,load_with", [(packed_sgd, per_parameter_sgd), (per_parameter_sgd, packed_sgd)],
-                         ids=["packed-to-per-parameter", "per-parameter-to-packed"])
+@pytest.mark.parametrize(
+    "save_with,load_with",
+    [(packed_sgd, per_parameter_sgd), (per_parameter_sgd, packed_sgd)],
+    ids=["packed-to-per-parameter", "per-parameter-to-packed"],
+)
 def test_a_checkpoint_resumes_in_the_other_optimizer_layout_with_its_momentum(tmp_path, batch, save_with, load_with):
     saved_model, saved_optimizer = trained(save_with, batch)
     save_checkpoint(tmp_path / "checkpoint.pt", saved_model, saved_optimizer, torch.Generator(), 2, [])
@@ -68,9 +71,17 @@ def test_a_checkpoint_resumes_in_the_other_optimizer_layout_with_its_momentum(tm
 def test_a_checkpoint_in_the_optimizers_own_format_still_resumes(tmp_path, batch, old_layout):
     # What checkpoints held before the by-name form: the optimizer's state_dict, in its layout.
     old_model, old_optimizer = trained(old_layout, batch)
-    torch.save({"epoch": 3, "model": old_model.state_dict(), "optimizer": old_optimizer.state_dict(),
-                "generator": torch.Generator().get_state(), "torch_rng": torch.get_rng_state(), "history": []},
-               tmp_path / "checkpoint.pt")
+    torch.save(
+        {
+            "epoch": 3,
+            "model": old_model.state_dict(),
+            "optimizer": old_optimizer.state_dict(),
+            "generator": torch.Generator().get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": [],
+        },
+        tmp_path / "checkpoint.pt",
+    )
     model = build_model("lenet")
     optimizer = packed_sgd(model)
     assert load_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, torch.Generator())[0] == 3

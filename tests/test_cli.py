@@ -105,4 +105,7 @@ def test_a_file_store_uri_fails_with_one_line_naming_the_replacement(workdir, ur
 def test_hydra_flag_errors_are_one_line(workdir):
     result = run_cli(["-m", "--cfg", "job"], workdir)
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"
+    assert (
+        result.stderr.strip()
+        == "error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"
+    )

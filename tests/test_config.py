@@ -16,7 +16,10 @@ def composed(*overrides: str) -> Config:
 def test_defaults_are_the_writeup_setup():
     cfg = composed()
     assert (cfg.model.name, cfg.model.regularization.name, cfg.aug.name, cfg.optimizer.name) == (
-        "lenet", "none", "none", "sgd"
+        "lenet",
+        "none",
+        "none",
+        "sgd",
     )
     assert (cfg.optimizer.lr, cfg.optimizer.momentum) == (0.01, 0.9)
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.eval_batch_size, cfg.seed) == (15, 64, 1000, 0)
@@ -28,11 +31,26 @@ def test_defaults_are_the_writeup_setup():
     [
         ("model=lenet", lambda c: (c.model.arch, c.model.regularization.name) == ("lenet", "none")),
         ("model=mlp", lambda c: c.model.arch == "mlp"),
-        ("model=lenet_reg", lambda c: (c.model.name, c.model.arch, c.model.regularization.name) == ("lenet_reg", "lenet", "dropout_bn")),
-        ("regularization=none", lambda c: (c.model.regularization.dropout, c.model.regularization.batchnorm) == (0.0, False)),
-        ("regularization=dropout", lambda c: (c.model.regularization.dropout, c.model.regularization.batchnorm) == (0.2, False)),
-        ("regularization=batchnorm", lambda c: (c.model.regularization.dropout, c.model.regularization.batchnorm) == (0.0, True)),
-        ("regularization=dropout_bn", lambda c: (c.model.regularization.dropout, c.model.regularization.batchnorm) == (0.2, True)),
+        (
+            "model=lenet_reg",
+            lambda c: (c.model.name, c.model.arch, c.model.regularization.name) == ("lenet_reg", "lenet", "dropout_bn"),
+        ),
+        (
+            "regularization=none",
+            lambda c: (c.model.regularization.dropout, c.model.regularization.batchnorm) == (0.0, False),
+        ),
+        (
+            "regularization=dropout",
+            lambda c: (c.model.regularization.dropout, c.model.regularization.batchnorm) == (0.2, False),
+        ),
+        (
+            "regularization=batchnorm",
+            lambda c: (c.model.regularization.dropout, c.model.regularization.batchnorm) == (0.0, True),
+        ),
+        (
+            "regularization=dropout_bn",
+            lambda c: (c.model.regularization.dropout, c.model.regularization.batchnorm) == (0.2, True),
+        ),
         ("aug=none", lambda c: c.aug.hflip_p == 0.0),
         ("aug=flip", lambda c: c.aug.hflip_p == 0.5),
         ("optimizer=sgd", lambda c: (c.optimizer.name, c.optimizer.lr, c.optimizer.momentum) == ("sgd", 0.01, 0.9)),
@@ -48,7 +66,9 @@ def test_regularization_applies_to_any_model():
     assert (cfg.model.arch, cfg.model.regularization.name, cfg.model.regularization.dropout) == ("mlp", "dropout", 0.2)
 
 
-@pytest.mark.parametrize("order", [("model=lenet_reg", "regularization=none"), ("regularization=none", "model=lenet_reg")])
+@pytest.mark.parametrize(
+    "order", [("model=lenet_reg", "regularization=none"), ("regularization=none", "model=lenet_reg")]
+)
 def test_command_line_regularization_wins_over_model_preset(order):
     cfg = composed(*order)
     assert cfg.model.name == "lenet_reg"
@@ -61,8 +81,16 @@ def test_command_line_regularization_wins_over_model_preset(order):
         ((), "lenet·none·sgd·s0"),
         (("model=mlp", "regularization=dropout", "aug=flip", "seed=2"), "mlp+dropout·flip·sgd·s2"),
         (("model=lenet_reg", "optimizer=adam", "optimizer.lr=0.1"), "lenet_reg·none·adam·s0·lr=0.1"),
-        (("+model.regularization.dropout=0.3", "train.epochs=3", "mlflow.experiment=x", "train.threads=1",
-          "data.root=/data"), "lenet·none·sgd·s0·dropout=0.3·epochs=3"),
+        (
+            (
+                "+model.regularization.dropout=0.3",
+                "train.epochs=3",
+                "mlflow.experiment=x",
+                "train.threads=1",
+                "data.root=/data",
+            ),
+            "lenet·none·sgd·s0·dropout=0.3·epochs=3",
+        ),
     ],
 )
 def test_run_names_show_what_differs(overrides, name):
@@ -89,7 +117,11 @@ def assert_stopped_with_one_line(result, key):
 @pytest.mark.parametrize(
     "override,key",
     # Range checks end the same way; test_range_checks_name_the_key covers each in-process.
-    [("train.epochs=abc", "train.epochs"), ("model=resnet", "model/resnet"), ("+train.epoch=3", "train.epoch: unknown key")],
+    [
+        ("train.epochs=abc", "train.epochs"),
+        ("model=resnet", "model/resnet"),
+        ("+train.epoch=3", "train.epoch: unknown key"),
+    ],
 )
 def test_invalid_values_fail_before_training_with_one_line(workdir, override, key):
     result = run_cli([override], workdir)

@@ -24,7 +24,11 @@ def test_writeup_parameter_counts():
 
 def test_per_layer_counts_match_the_writeup():
     assert parameter_table(build_model("lenet")) == [
-        ("conv1", 156), ("conv2", 2_416), ("conv3", 30_840), ("fc1", 10_164), ("fc2", 850)
+        ("conv1", 156),
+        ("conv2", 2_416),
+        ("conv3", 30_840),
+        ("fc1", 10_164),
+        ("fc2", 850),
     ]
     assert parameter_table(build_model("mlp")) == [("fc1", 47_100), ("fc2", 1_830), ("fc3", 310)]
 
@@ -46,7 +50,9 @@ def test_regularization_applies_to_any_model(arch, last_hidden):
     assert model.dropout.p == 0.3
     assert isinstance(getattr(model, f"{last_hidden}_bn"), torch.nn.BatchNorm1d)
     plain = build_model(arch)
-    assert not any(isinstance(m, (torch.nn.Dropout, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in plain.modules())
+    assert not any(
+        isinstance(m, (torch.nn.Dropout, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in plain.modules()
+    )
 
 
 @pytest.mark.parametrize("arch", ["lenet", "mlp"])

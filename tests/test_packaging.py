@@ -22,21 +22,39 @@ def installed_wheel(tmp_path_factory) -> str:
     wheel_dir = tmp_path_factory.mktemp("wheel")
     site = tmp_path_factory.mktemp("site")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheel_dir, source],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheel_dir, source],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = wheel_dir.glob("lenet_sweep-*.whl")
-    subprocess.run([*pip, "install", "--no-deps", "--target", site, wheel], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", site, wheel], check=True, capture_output=True, timeout=300
+    )
     return str(site)
 
 
 def test_a_wheel_install_runs_a_job_from_an_empty_directory(installed_wheel, tmp_path):
     env = cli_env(PYTHONPATH=installed_wheel)
-    where = subprocess.run([sys.executable, "-c", "import lenet_sweep; print(lenet_sweep.__file__)"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    where = subprocess.run(
+        [sys.executable, "-c", "import lenet_sweep; print(lenet_sweep.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert where.stdout.startswith(installed_wheel), "the test must run the installed copy, not the checkout"
 
-    result = subprocess.run([sys.executable, "-m", "lenet_sweep", *SMALL, f"data.root={DATA}"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "lenet_sweep", *SMALL, f"data.root={DATA}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     _, runs = runs_of(tmp_path)
     assert [r.info.status for r in runs] == ["FINISHED"]

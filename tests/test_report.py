@@ -47,8 +47,14 @@ def store(tmp_path_factory) -> Path:
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lenet_sweep.report", *args], cwd=cwd, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lenet_sweep.report", *args],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +149,9 @@ def test_failed_runs_are_excluded_unless_asked_for(store, reports):
     assert result.returncode == 0, result.stderr
     rows = read_csv(store, "include_failed")
     assert sorted((r["model.name"], r["optimizer.lr"], r["failed"]) for r in rows[2:]) == [
-        ("lenet", "1000000.0", "2"), ("mlp", "1000000.0", "2")]  # nothing logged: sorted last
+        ("lenet", "1000000.0", "2"),
+        ("mlp", "1000000.0", "2"),
+    ]  # nothing logged: sorted last
     assert all(r["failed"] == "0" and r["optimizer.lr"] == "0.01" for r in rows[:2])
     assert all(r["test_acc_mean"] == "" and r["seeds"] == "2" for r in rows[2:])
     assert "| failed |" in result.stdout.splitlines()[0]
@@ -209,11 +217,22 @@ def test_the_runner_hooks_report_a_sweep_and_plot_a_run(store, tmp_path):
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 8
     job_run_ids = [r.info.run_id for r in every_run if r is not parent]  # 4 FINISHED, 4 FAILED
-    report = build_report(client, parent.info.experiment_id, tmp_path / "sweep", filter_string=run_ids_filter(job_run_ids))
+    report = build_report(
+        client, parent.info.experiment_id, tmp_path / "sweep", filter_string=run_ids_filter(job_run_ids)
+    )
     assert sorted(report.table["label"]) == ["lenet", "mlp"] and list(report.table["seeds"]) == [2, 2]
     assert {p.name for p in report.files} == {p.name for p in (tmp_path / "sweep").iterdir()}
-    history = [{"epoch": e, "train_loss": 1 / e, "test_loss": 1.2 / e, "train_acc": 90 + e, "test_acc": 89 + e,
-                "epoch_seconds": 1.0} for e in (1, 2, 3)]
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1 / e,
+            "test_loss": 1.2 / e,
+            "train_acc": 90 + e,
+            "test_acc": 89 + e,
+            "epoch_seconds": 1.0,
+        }
+        for e in (1, 2, 3)
+    ]
     assert len(plot_run_curves(history, "lenet·none·sgd·s0").axes) == 2
     finished = [r for r in every_run if r.info.status == "FINISHED" and r is not parent]
     assert len(finished) == 4
@@ -227,15 +246,30 @@ def test_default_group_by_drops_seed_bookkeeping_and_redundant_keys():
 
     from lenet_sweep.report import default_group_by
 
-    runs = [("lenet", "lenet", "none", "none", "0.0"), ("mlp", "mlp", "none", "none", "0.0"),
-            ("lenet_reg", "lenet", "dropout_bn", "none", "0.0"), ("lenet", "lenet", "none", "flip", "0.5")]
+    runs = [
+        ("lenet", "lenet", "none", "none", "0.0"),
+        ("mlp", "mlp", "none", "none", "0.0"),
+        ("lenet_reg", "lenet", "dropout_bn", "none", "0.0"),
+        ("lenet", "lenet", "none", "flip", "0.5"),
+    ]
     frame = pd.DataFrame(
-        [{"model.name": m, "model.arch": a, "model.regularization.name": r, "aug.name": g, "aug.hflip_p": p,
-          "seed": str(s), "data.root": f"/tmp/{s}", "mlflow.tracking_uri": f"sqlite:///{s}", "n_params": "1"}
-         for (m, a, r, g, p) in runs for s in (0, 1, 2)]
+        [
+            {
+                "model.name": m,
+                "model.arch": a,
+                "model.regularization.name": r,
+                "aug.name": g,
+                "aug.hflip_p": p,
+                "seed": str(s),
+                "data.root": f"/tmp/{s}",
+                "mlflow.tracking_uri": f"sqlite:///{s}",
+                "n_params": "1",
+            }
+            for (m, a, r, g, p) in runs
+            for s in (0, 1, 2)
+        ]
     )
     assert default_group_by(frame) == ["model.name", "aug.name"]
     # mlp with and without dropout: regularization no longer follows model.name, so it becomes a column.
     frame.loc[(frame["model.name"] == "mlp") & (frame["seed"] == "2"), "model.regularization.name"] = "dropout"
     assert default_group_by(frame) == ["model.name", "aug.name", "model.regularization.name"]
-

@@ -19,14 +19,23 @@ pytestmark = pytest.mark.slow  # CLI sweeps and an MLflow server (make test-fast
 
 
 def history(client, run_id):
-    return {key: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
-            for key in METRICS if key != "epoch_seconds"}
+    return {
+        key: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+        for key in METRICS
+        if key != "epoch_seconds"
+    }
 
 
 def sigkill_after_epoch_two(args, workdir) -> int:
     """Run the CLI until the first "Epoch 2:" line, SIGKILL it there and reap it; its pid."""
-    process = subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=workdir, env=cli_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lenet_sweep", *args],
+        cwd=workdir,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in process.stdout:
         if "Epoch 2:" in line:
             os.kill(process.pid, signal.SIGKILL)
@@ -86,8 +95,16 @@ def test_sigkill_mid_run_then_relaunch_resumes_to_identical_metrics(workdir, tmp
 
 
 def test_a_sigkilled_joblib_sweep_relaunched_has_one_parent_and_every_epoch_once(workdir):
-    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2", "train.epochs=3",
-            "data.train_limit=3000", "data.test_limit=200", "train.threads=1"]
+    args = [
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "seed=0,1,2",
+        "train.epochs=3",
+        "data.train_limit=3000",
+        "data.test_limit=200",
+        "train.threads=1",
+    ]
     sweep = start_cli(args, workdir)
     wait_for_runs(workdir, sweep, lambda client, runs: any(steps(client, r.info.run_id) for r in runs))
     os.killpg(sweep.pid, signal.SIGKILL)  # the launcher and its workers, as the OOM killer or a lost node would
@@ -135,8 +152,15 @@ def test_a_checkpoint_that_cannot_be_loaded_fails_the_resumed_run_never_leaving_
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_sigterm_ends_the_job_killed_and_the_summary_counts_it(workdir, launcher):
-    args = ["-m", f"hydra/launcher={launcher}", "seed=0,1", "train.epochs=3", "data.train_limit=3000",
-            "data.test_limit=200", "train.threads=1"]
+    args = [
+        "-m",
+        f"hydra/launcher={launcher}",
+        "seed=0,1",
+        "train.epochs=3",
+        "data.train_limit=3000",
+        "data.test_limit=200",
+        "train.threads=1",
+    ]
     sweep = start_cli(args + (["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []), workdir)
     runs = wait_for_runs(workdir, sweep, lambda client, runs: any(steps(client, r.info.run_id) for r in runs))
     victim = next(r for r in runs if steps(MlflowClient(store_uri(workdir)), r.info.run_id))
@@ -168,7 +192,8 @@ def test_runs_orphaned_on_another_host_are_closed_by_their_stale_heartbeat(workd
     result = run_cli(SMALL, workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"run {stale.info.run_id} was left RUNNING (its owner on node-elsewhere (pid 4242) has been silent" in (
-        result.stdout + result.stderr)
+        result.stdout + result.stderr
+    )
     assert client.get_run(stale.info.run_id).info.status == "KILLED"
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
     client.set_terminated(alive.info.run_id, "KILLED")
@@ -186,8 +211,11 @@ def test_four_parallel_joblib_jobs_into_sqlite(workdir):
 
 
 def test_grid_against_a_tracking_server(workdir, mlflow_server):
-    result = run_cli(["-m", "hydra/launcher=joblib", "model=lenet,mlp,lenet_reg", f"mlflow.tracking_uri={mlflow_server}"]
-                     + TWO_EPOCHS, workdir)
+    result = run_cli(
+        ["-m", "hydra/launcher=joblib", "model=lenet,mlp,lenet_reg", f"mlflow.tracking_uri={mlflow_server}"]
+        + TWO_EPOCHS,
+        workdir,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("lenet_sweep")

@@ -19,7 +19,10 @@ def _wait_for_job(job_id: str, env: dict[str, str], timeout: float = 30) -> str:
     while time.monotonic() < deadline:
         state = subprocess.run(
             ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"],
-            env=env, capture_output=True, text=True, check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         if state and state not in {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING"}:
             return state
@@ -30,9 +33,20 @@ def _wait_for_job(job_id: str, env: dict[str, str], timeout: float = 30) -> str:
 
 def test_sbatch_wrap_job(slurm_env: dict[str, str], tmp_path: Path) -> None:
     res = subprocess.run(
-        ["sbatch", "--parsable", "--partition=local", f"--chdir={tmp_path}",
-         "--output=job-%j.out", "--wrap", "hostname; echo slurm-local-ok"],
-        env=slurm_env, capture_output=True, text=True, timeout=30, check=True,
+        [
+            "sbatch",
+            "--parsable",
+            "--partition=local",
+            f"--chdir={tmp_path}",
+            "--output=job-%j.out",
+            "--wrap",
+            "hostname; echo slurm-local-ok",
+        ],
+        env=slurm_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     job_id = res.stdout.strip().split(";")[0]
     assert _wait_for_job(job_id, slurm_env) == "COMPLETED"
@@ -42,7 +56,9 @@ def test_sbatch_wrap_job(slurm_env: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_submitit_round_trip(
-    slurm_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    slurm_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     submitit = pytest.importorskip("submitit")

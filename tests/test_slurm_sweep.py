@@ -24,8 +24,14 @@ def server_runs(uri, experiment_name="lenet_sweep", children_only=True):
 
 def start_sweep(args, workdir, slurm_env) -> subprocess.Popen:
     env = cli_env(SLURM_CONF=slurm_env["SLURM_CONF"], PATH=slurm_env["PATH"])
-    return subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lenet_sweep", *args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def first_run_with_an_epoch(uri, experiment, wanted=lambda run: True, timeout_s=240):
@@ -41,8 +47,15 @@ def first_run_with_an_epoch(uri, experiment, wanted=lambda run: True, timeout_s=
 
 
 def test_grid_through_slurm_into_a_tracking_server(workdir, slurm_env, mlflow_server):
-    args = ["-m", *SLURM, "model=lenet,mlp,lenet_reg", "train.epochs=2", "data.train_limit=600",
-            "data.test_limit=200", f"mlflow.tracking_uri={mlflow_server}"]
+    args = [
+        "-m",
+        *SLURM,
+        "model=lenet,mlp,lenet_reg",
+        "train.epochs=2",
+        "data.train_limit=600",
+        "data.test_limit=200",
+        f"mlflow.tracking_uri={mlflow_server}",
+    ]
     result = run_cli(args, workdir, **{k: slurm_env[k] for k in ("SLURM_CONF", "PATH")})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "sacct" not in result.stdout + result.stderr
@@ -55,8 +68,16 @@ def test_grid_through_slurm_into_a_tracking_server(workdir, slurm_env, mlflow_se
 
 def test_scancel_of_one_job_is_reported_killed_and_a_relaunch_finishes_it(workdir, slurm_env, mlflow_server):
     experiment = "preemption"
-    args = ["-m", *SLURM, "model=lenet,mlp", "train.epochs=4", "data.train_limit=8000", "data.test_limit=500",
-            f"mlflow.tracking_uri={mlflow_server}", f"mlflow.experiment={experiment}"]
+    args = [
+        "-m",
+        *SLURM,
+        "model=lenet,mlp",
+        "train.epochs=4",
+        "data.train_limit=8000",
+        "data.test_limit=500",
+        f"mlflow.tracking_uri={mlflow_server}",
+        f"mlflow.experiment={experiment}",
+    ]
     sweep = start_sweep(args, workdir, slurm_env)
     client = MlflowClient(mlflow_server)
     lenet = first_run_with_an_epoch(mlflow_server, experiment, lambda r: r.data.params.get("model.name") == "lenet")
@@ -85,8 +106,15 @@ def test_scancel_of_one_job_is_reported_killed_and_a_relaunch_finishes_it(workdi
 
 def test_a_preempted_job_requeues_itself_and_finishes_its_run(workdir, slurm_env, mlflow_server):
     experiment = "requeue"
-    args = ["-m", *SLURM, "train.epochs=4", "data.train_limit=8000", "data.test_limit=500",
-            f"mlflow.tracking_uri={mlflow_server}", f"mlflow.experiment={experiment}"]
+    args = [
+        "-m",
+        *SLURM,
+        "train.epochs=4",
+        "data.train_limit=8000",
+        "data.test_limit=500",
+        f"mlflow.tracking_uri={mlflow_server}",
+        f"mlflow.experiment={experiment}",
+    ]
     sweep = start_sweep(args, workdir, slurm_env)
     client = MlflowClient(mlflow_server)
     run = first_run_with_an_epoch(mlflow_server, experiment)

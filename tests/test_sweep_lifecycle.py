@@ -19,8 +19,11 @@ FOUR_EPOCHS = ["train.epochs=4", "data.train_limit=6000", "data.test_limit=200",
 def test_the_plan_of_a_partly_finished_sweep_says_skip_resume_new_and_creates_no_run(workdir):
     assert run_cli(["seed=0", *FOUR_EPOCHS], workdir).returncode == 0
     killed = start_cli(["seed=1", *FOUR_EPOCHS], workdir)
-    wait_for_runs(workdir, killed, lambda client, runs: any(steps(client, r.info.run_id) for r in runs if
-                                                          r.data.params.get("seed") == "1"))
+    wait_for_runs(
+        workdir,
+        killed,
+        lambda client, runs: any(steps(client, r.info.run_id) for r in runs if r.data.params.get("seed") == "1"),
+    )
     os.killpg(killed.pid, signal.SIGKILL)
     killed.communicate(timeout=60)
     client, before = runs_of(workdir, children_only=False)

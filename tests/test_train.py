@@ -36,17 +36,32 @@ def right_ink_fraction(batches) -> float:
 
 def test_flip_touches_about_half_the_training_samples_and_never_the_test_set():
     n = 4_000
-    data = DeviceData(left_half_images(n), torch.randint(0, 10, (n,)), left_half_images(1_000), torch.zeros(1_000, dtype=torch.long))
+    data = DeviceData(
+        left_half_images(n), torch.randint(0, 10, (n,)), left_half_images(1_000), torch.zeros(1_000, dtype=torch.long)
+    )
     model = Recorder()
-    fit(model, make_optimizer(model.parameters(), "sgd", 0.01, 0.9), data, epochs=2, batch_size=64,
-        eval_batch_size=500, generator=torch.Generator().manual_seed(0), hflip_p=0.5)
+    fit(
+        model,
+        make_optimizer(model.parameters(), "sgd", 0.01, 0.9),
+        data,
+        epochs=2,
+        batch_size=64,
+        eval_batch_size=500,
+        generator=torch.Generator().manual_seed(0),
+        hflip_p=0.5,
+    )
     assert 0.46 < right_ink_fraction(model.seen["train"]) < 0.54
     assert right_ink_fraction(model.seen["eval"]) == 0.0
     assert torch.equal(data.train_x, left_half_images(n)), "augmentation must not modify the stored data"
 
 
 def test_no_flip_without_augmentation():
-    data = DeviceData(left_half_images(500), torch.zeros(500, dtype=torch.long), left_half_images(100), torch.zeros(100, dtype=torch.long))
+    data = DeviceData(
+        left_half_images(500),
+        torch.zeros(500, dtype=torch.long),
+        left_half_images(100),
+        torch.zeros(100, dtype=torch.long),
+    )
     model = Recorder()
     fit(model, make_optimizer(model.parameters(), "sgd", 0.01, 0.9), data, 1, 64, 100, torch.Generator().manual_seed(0))
     assert right_ink_fraction(model.seen["train"]) == 0.0
@@ -54,11 +69,21 @@ def test_no_flip_without_augmentation():
 
 def test_non_finite_loss_raises():
     mnist = load_mnist(root=str(DATA), train_limit=600, test_limit=100)
-    data = DeviceData(to_model_input(mnist.train.images), mnist.train.labels, to_model_input(mnist.test.images), mnist.test.labels)
+    data = DeviceData(
+        to_model_input(mnist.train.images), mnist.train.labels, to_model_input(mnist.test.images), mnist.test.labels
+    )
     torch.manual_seed(0)
     model = build_model("mlp")
     with pytest.raises(DivergedError, match="epoch 1"):
-        fit(model, make_optimizer(model.parameters(), "sgd", 1e6, 0.9), data, 2, 64, 100, torch.Generator().manual_seed(0))
+        fit(
+            model,
+            make_optimizer(model.parameters(), "sgd", 1e6, 0.9),
+            data,
+            2,
+            64,
+            100,
+            torch.Generator().manual_seed(0),
+        )
 
 
 def test_adam_trains_every_parameter():

@@ -20,8 +20,10 @@ RUN_NAMES = tuple(f"{model}·none·sgd·s0·epochs=1·train_limit=600·test_limi
 
 pytestmark = [
     pytest.mark.slow,  # a CLI sweep, mlflow ui and Chromium (make test-fast leaves these out)
-    pytest.mark.skipif(find_chromium() is None,
-                       reason="chromium not found: `apt-get install chromium` to run the MLflow UI browser test"),
+    pytest.mark.skipif(
+        find_chromium() is None,
+        reason="chromium not found: `apt-get install chromium` to run the MLflow UI browser test",
+    ),
 ]
 
 

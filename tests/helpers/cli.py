@@ -52,8 +52,15 @@ def runs_of(workdir: Path, experiment: str = "lenet_sweep", children_only: bool 
 
 def start_cli(args, workdir) -> subprocess.Popen:
     """The CLI in its own process group (so the test can stop exactly it and its workers), output piped."""
-    return subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=workdir, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lenet_sweep", *args],
+        cwd=workdir,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def has_runs(db: Path) -> bool:
