@@ -2,15 +2,13 @@
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers.cli import SMALL, cli_env, run_cli, runs_of, start_cli, store_uri, wait_for_runs
+from tests.helpers.cli import SMALL, run_cli, runs_of, start_cli, store_uri, wait_for_runs
 from tests.helpers.runs import METRICS, assert_one_parent_with_children, steps
 
 TWO_EPOCHS = ["train.epochs=2", "data.train_limit=600", "data.test_limit=200"]
@@ -28,14 +26,7 @@ def history(client, run_id):
 
 def sigkill_after_epoch_two(args, workdir) -> int:
     """Run the CLI until the first "Epoch 2:" line, SIGKILL it there and reap it; its pid."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lenet_sweep", *args],
-        cwd=workdir,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_cli(args, workdir)
     for line in process.stdout:
         if "Epoch 2:" in line:
             os.kill(process.pid, signal.SIGKILL)
