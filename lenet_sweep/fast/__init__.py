@@ -115,7 +115,7 @@ def _choose_kernels(
         _label(chosen[0]),
         _label(chosen[1]),
         f"calibrated {verdict.measured}" if cached else "calibrated now",
-        path,
+        path or "not cached: other load disturbed the timing",
         torch.get_num_threads(),
         verdict.describe(batch_size, eval_batch_size),
     )

@@ -6,7 +6,9 @@ in alternating rounds on a copy of the model, so that whatever else the machine
 does falls on both alike; the kernels are chosen only where the median of the
 per-round ratios says they are clearly faster (``MARGIN``). The verdict is cached
 beside the compiled kernels, keyed by the kernel build (sources, compiler,
-processor, instruction set), the thread count, the batch sizes and torch's version.
+processor, instruction set), the thread count, the batch sizes and torch's version,
+unless other load disturbed the rounds (``Timing.steady``): then it serves this run
+only, and the next run measures again.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from lenet_sweep.models import LeNet5
 
 # The kernels must take at most this share of the operators' time to be chosen.
 MARGIN = 0.9
-MIN_ROUNDS, MAX_ROUNDS = 3, 15
+MIN_ROUNDS, MAX_ROUNDS = 5, 15
+# A path whose median round took longer than this many times its fastest was disturbed.
+STEADY_SPREAD = 1.5
 ROUNDS_SECONDS = 0.5  # per mode: after MIN_ROUNDS, stop once this much time went into the rounds
 EVAL_BATCH_CAP = 1000
 
@@ -52,6 +56,11 @@ class Timing:
     @property
     def fused_wins(self) -> bool:
         return self.ratio < MARGIN
+
+    @property
+    def steady(self) -> bool:
+        """Whether both paths' typical rounds ran near their fastest: no other load got in the way."""
+        return all(statistics.median(ms) <= STEADY_SPREAD * min(ms) for ms in (self.fused_ms, self.operators_ms))
 
     def summary(self) -> str:
         fused, operators = statistics.median(self.fused_ms), statistics.median(self.operators_ms)
@@ -132,8 +141,9 @@ def verdict_path(kernels: Library, batch_size: int, eval_batch_size: int) -> Pat
 
 def cached_or_measured(
     model: LeNet5, kernels: Library, batch_size: int, eval_batch_size: int
-) -> tuple[Verdict, Path, bool]:
-    """The verdict for this machine and setting: (verdict, its file, whether it came from the cache)."""
+) -> tuple[Verdict, Path | None, bool]:
+    """The verdict for this machine and setting: (verdict, its file or None when disturbed rounds were not
+    cached, whether it came from the cache)."""
     path = verdict_path(kernels, batch_size, eval_batch_size)
     try:
         saved = json.loads(path.read_text())
@@ -141,6 +151,8 @@ def cached_or_measured(
     except (OSError, ValueError, KeyError, TypeError):
         pass
     verdict = measure(model, kernels, batch_size, eval_batch_size)
+    if not (verdict.train.steady and verdict.eval.steady):
+        return verdict, None, False
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written under a temporary name and renamed: parallel jobs never read a half-written file.
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
