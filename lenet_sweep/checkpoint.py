@@ -67,7 +67,7 @@ def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def _is_packed(optimizer_params: list, model: nn.Module) -> bool:
-    """One flat parameter standing for all of ``model``'s (packed parameters), not the parameters themselves."""
+    """One flat parameter standing for all of ``model``'s (``fast.packing``), not the parameters themselves."""
     return len(optimizer_params) == 1 and len(_trainable(model)) > 1
 
 

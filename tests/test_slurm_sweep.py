@@ -104,11 +104,13 @@ def test_scancel_of_one_job_is_reported_killed_and_a_relaunch_finishes_it(workdi
     assert_one_parent_with_children(every_run, 2, skipped=1)
 
 
-def test_a_preempted_job_requeues_itself_and_finishes_its_run(workdir, slurm_env, mlflow_server):
+def test_a_job_out_of_time_requeues_itself_and_finishes_its_run(workdir, slurm_env, mlflow_server):
     experiment = "requeue"
     args = [
         "-m",
         *SLURM,
+        # A 1-minute limit: submitit counts the job as out of time (not preempted) when the signal comes.
+        "hydra.launcher.timeout_min=1",
         "train.epochs=4",
         "data.train_limit=8000",
         "data.test_limit=500",
@@ -118,14 +120,15 @@ def test_a_preempted_job_requeues_itself_and_finishes_its_run(workdir, slurm_env
     sweep = start_sweep(args, workdir, slurm_env)
     client = MlflowClient(mlflow_server)
     run = first_run_with_an_epoch(mlflow_server, experiment)
-    # What SLURM sends before a time limit or on preemption (signal_delay_s): submitit requeues the job.
+    # What SLURM sends signal_delay_s before the time limit (sent now, so the test need not wait for the
+    # scheduler's once-a-minute check): submitit requeues the job, one of its max_num_timeout requeues.
     (task,) = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm_env, capture_output=True, text=True).stdout.split()
     subprocess.run(["scancel", "--signal=USR2", task], env=slurm_env, check=True)
     output, _ = sweep.communicate(timeout=300)
     assert sweep.returncode == 0, output[-3000:]
     assert "Sweep summary: 1 jobs: 1 finished, 0 failed, 0 killed" in output, output[-3000:]
     job_log = next((workdir / "outputs" / "multirun").rglob("*_log.err")).read_text()
-    assert "DUE TO JOB REQUEUE" in job_log, job_log[-3000:]
+    assert "this job is timed-out" in job_log and "DUE TO JOB REQUEUE" in job_log, job_log[-3000:]
     _, (finished,) = server_runs(mlflow_server, experiment)
     assert finished.info.run_id == run.info.run_id and finished.info.status == "FINISHED"
     for key in METRICS:
