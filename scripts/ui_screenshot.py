@@ -1,17 +1,16 @@
 #!/usr/bin/env python3
-"""Screenshot MLflow's comparison of two runs' metric curves (the README's docs/mlflow-compare.png).
+"""Screenshot MLflow's comparison of runs' metric curves (the README's docs/mlflow-compare.png).
 
 Starts ``mlflow ui`` over a tracking store on a free loopback port, opens the comparison page of one
-metric for two runs (both curves on one chart, with a latest/min/max table) in headless Chromium,
+metric for the runs (their curves on one chart, with a latest/min/max table) in headless Chromium,
 saves a PNG, and stops the server by its process group.
 
-    .venv/bin/python -m scripts.ui_screenshot       # ./outputs/mlflow.db, its 2 newest finished runs
+    .venv/bin/python -m scripts.ui_screenshot       # ./outputs/mlflow.db, every finished job run
     .venv/bin/python -m scripts.ui_screenshot --store sqlite:////tmp/s/outputs/mlflow.db \
         --runs 'lenet·none·sgd·s0' 'mlp·none·sgd·s0' --out docs/mlflow-compare.png
 
-To make a store worth a picture (~1-2 min on 2 cores), in an empty directory with ``data`` linked to the
-project's ``data``: ``python -m lenet_sweep -m model=lenet,mlp train.epochs=5 data.train_limit=5000
-data.test_limit=1000``.  Needs Debian's ``chromium`` (``apt-get install chromium``) and Pillow.
+The README's picture is of ``make sweep``'s store (the grid: six runs, 15 epochs). Needs Debian's
+``chromium`` (``apt-get install chromium``) and Pillow.
 """
 
 from __future__ import annotations
@@ -64,7 +63,7 @@ def pick_runs(store: str, experiment: str, wanted: list[str]) -> tuple[str, list
     children = [r for r in runs if r.data.tags.get("sweep") != "true" and r.info.status == "FINISHED"]
     if len(children) < 2:
         sys.exit(f"need two finished runs in {experiment!r}, found {len(children)}")
-    return exp.experiment_id, sorted(children[:2], key=lambda r: r.info.run_name)
+    return exp.experiment_id, sorted(children, key=lambda r: r.info.run_name)
 
 
 def compare_url(base: str, experiment_id: str, run_ids: list[str], metric: str) -> str:
@@ -101,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", default=f"sqlite:///{Path.cwd() / 'outputs' / 'mlflow.db'}")
     parser.add_argument("--experiment", default="lenet_sweep")
-    parser.add_argument("--runs", nargs=2, metavar="NAME_OR_ID", default=[])
+    parser.add_argument("--runs", nargs="+", metavar="NAME_OR_ID", default=[])
     parser.add_argument("--metric", default="test_acc")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "mlflow-compare.png")
     parser.add_argument("--budget-ms", type=int, default=20_000, help="virtual time Chromium gives the page")
