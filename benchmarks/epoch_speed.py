@@ -49,7 +49,8 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import reference_pipelines as ref  # noqa: E402
 from lenet_sweep import fast  # noqa: E402
-from lenet_sweep.data import balanced_subset, load_mnist, to_model_input  # noqa: E402
+from lenet_sweep.data import balanced_subset, to_model_input  # noqa: E402
+from lenet_sweep.datasets import load_mnist  # noqa: E402
 from lenet_sweep.fast import kernels as kernel_builds  # noqa: E402
 from lenet_sweep.models import build_model  # noqa: E402
 from lenet_sweep.train import evaluate, make_optimizer, train_one_epoch  # noqa: E402

@@ -18,7 +18,8 @@ import time
 import torch
 
 from lenet_sweep import fast
-from lenet_sweep.data import load_mnist, to_model_input
+from lenet_sweep.data import to_model_input
+from lenet_sweep.datasets import load_mnist
 from lenet_sweep.models import build_model
 from lenet_sweep.train import DeviceData, evaluate, fit, make_optimizer, train_one_epoch
 

@@ -146,16 +146,6 @@ def limit_split(split: Split, limit: int | None, seed: int) -> Split:
     return Split(split.images[keep], split.labels[keep])
 
 
-def load_mnist(root: str = "data", **options):
-    """MNIST from ``root`` (the project's copy by default) with ``datasets.load_dataset``'s options.
-
-    For code that has no config: scripts, benchmarks and tests.
-    """
-    from lenet_sweep.datasets import MNIST, load_dataset  # datasets builds on this module
-
-    return load_dataset(MNIST, root=root, **options)
-
-
 def to_model_input(
     images: torch.Tensor, device: torch.device | str = "cpu", mean: float = MNIST_MEAN, std: float = MNIST_STD
 ) -> torch.Tensor:

@@ -174,6 +174,14 @@ def load_dataset(
     )
 
 
+def load_mnist(root: str = "data", **options) -> LoadedDataset:
+    """MNIST from ``root`` (the project's copy by default) with ``load_dataset``'s options.
+
+    For code that has no config: scripts, benchmarks and tests.
+    """
+    return load_dataset(MNIST, root=root, **options)
+
+
 def log_dataset_input(client, run_id: str, dataset: LoadedDataset) -> None:
     """Record ``dataset`` as the run's MLflow dataset input (``provenance`` tags the run with its digest).
 

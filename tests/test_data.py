@@ -14,10 +14,10 @@ from lenet_sweep.data import (
     balanced_subset,
     export_png_dir,
     load_idx_split,
-    load_mnist,
     load_png_dir,
     to_model_input,
 )
+from lenet_sweep.datasets import load_mnist
 
 TEST_LABEL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 

@@ -21,7 +21,8 @@ from torchvision import transforms
 
 from lenet_sweep import fast
 from lenet_sweep.config import ConfigError
-from lenet_sweep.data import MNIST_MEAN, MNIST_STD, load_mnist, to_model_input
+from lenet_sweep.data import MNIST_MEAN, MNIST_STD, to_model_input
+from lenet_sweep.datasets import load_mnist
 from lenet_sweep.fast import calibrate, kernels
 from lenet_sweep.fast.blocks import Conv1SiluPool, Conv2SiluPool
 from lenet_sweep.fast.lenet import FastLeNet

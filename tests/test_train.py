@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from lenet_sweep.data import load_mnist, to_model_input
+from lenet_sweep.data import to_model_input
+from lenet_sweep.datasets import load_mnist
 from lenet_sweep.models import build_model
 from lenet_sweep.train import DeviceData, DivergedError, fit, make_optimizer
 from tests.helpers.cli import DATA
