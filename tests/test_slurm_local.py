@@ -66,7 +66,9 @@ def test_submitit_round_trip(
     monkeypatch.setenv("PATH", slurm_env["PATH"])
     executor = submitit.AutoExecutor(folder=tmp_path / "%j")
     assert executor.cluster == "slurm"
-    executor.update_parameters(slurm_partition="local", timeout_min=2, cpus_per_task=1)
+    # Well past SLURM's warning window (submitit's 90 s signal delay plus the scheduler's 30 s check
+    # period): with a shorter limit the USR2 can come before Python is up, and kill the job.
+    executor.update_parameters(slurm_partition="local", timeout_min=10, cpus_per_task=1)
 
     def answer() -> int:
         return 42
@@ -90,7 +92,7 @@ def test_submitit_sees_a_cancelled_job_end(slurm_env: dict[str, str], tmp_path: 
     monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])
     monkeypatch.setenv("PATH", slurm_env["PATH"])
     executor = submitit.AutoExecutor(folder=tmp_path / "%j")
-    executor.update_parameters(slurm_partition="local", timeout_min=2, cpus_per_task=1)
+    executor.update_parameters(slurm_partition="local", timeout_min=10, cpus_per_task=1)
     job = executor.submit(time.sleep, 120)
     subprocess.run(["scancel", job.job_id], env=slurm_env, check=True)
     deadline = time.monotonic() + 30

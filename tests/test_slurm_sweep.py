@@ -109,8 +109,10 @@ def test_a_job_out_of_time_requeues_itself_and_finishes_its_run(workdir, slurm_e
     args = [
         "-m",
         *SLURM,
-        # A 1-minute limit: submitit counts the job as out of time (not preempted) when the signal comes.
-        "hydra.launcher.timeout_min=1",
+        # Under 10 minutes, submitit counts a job signalled at any time as out of time (not preempted).
+        # Not 1 minute: SLURM would then send its own warning signal as the requeued job starts,
+        # before submitit's handler is in place, and the signal would kill it.
+        "hydra.launcher.timeout_min=5",
         "train.epochs=4",
         "data.train_limit=8000",
         "data.test_limit=500",
