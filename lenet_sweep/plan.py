@@ -127,6 +127,8 @@ def describe(name: str, decision: Decision, total_epochs: int, client=None, name
         return f"{line} {run_ref} FINISHED {day} ({decision.reason})"
     if decision.action == "resume":
         done = _epochs_logged(client, run) if client is not None else 0
+        if done >= total_epochs:  # killed between its last checkpoint and the run's end
+            return f"{line} {run_ref} all {total_epochs} epochs done: only ends the run ({decision.reason})"
         return f"{line} {run_ref} from epoch {done + 1} of {total_epochs} ({decision.reason})"
     return f"{line} {run_ref} from epoch 1 ({decision.reason})"
 

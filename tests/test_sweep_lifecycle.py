@@ -13,7 +13,7 @@ from tests.helpers.runs import steps
 
 pytestmark = pytest.mark.slow  # CLI sweeps
 
-FOUR_EPOCHS = ["train.epochs=4", "data.train_limit=6000", "data.test_limit=200", "train.threads=1"]
+FOUR_EPOCHS = ["train.epochs=4", "data.train_limit=20000", "data.test_limit=200", "train.threads=1"]
 
 
 def test_the_plan_of_a_partly_finished_sweep_says_skip_resume_new_and_creates_no_run(workdir):
@@ -32,9 +32,9 @@ def test_the_plan_of_a_partly_finished_sweep_says_skip_resume_new_and_creates_no
     assert plan.returncode == 0, plan.stderr[-3000:]
     lines = plan.stdout.strip().splitlines()
     assert [line.split()[:2] for line in lines[:3]] == [
-        ["lenet·none·sgd·s0·epochs=4·train_limit=6000·test_limit=200", "skip"],
-        ["lenet·none·sgd·s1·epochs=4·train_limit=6000·test_limit=200", "resume"],
-        ["lenet·none·sgd·s2·epochs=4·train_limit=6000·test_limit=200", "new"],
+        ["lenet·none·sgd·s0·epochs=4·train_limit=20000·test_limit=200", "skip"],
+        ["lenet·none·sgd·s1·epochs=4·train_limit=20000·test_limit=200", "resume"],
+        ["lenet·none·sgd·s2·epochs=4·train_limit=20000·test_limit=200", "new"],
     ]
     assert "FINISHED" in lines[0] and "(same config, same data" in lines[0]
     assert re.search(r"from epoch [234] of 4 \(left RUNNING by a process that is gone\)", lines[1]), lines[1]
@@ -45,6 +45,24 @@ def test_the_plan_of_a_partly_finished_sweep_says_skip_resume_new_and_creates_no
     by_seed = {r.data.params["seed"]: r for r in after}
     assert by_seed["0"].data.tags["config_group"] == by_seed["1"].data.tags["config_group"]
     assert by_seed["0"].data.tags["config_fingerprint"] != by_seed["1"].data.tags["config_fingerprint"]
+
+
+def test_a_run_killed_after_its_last_checkpoint_is_planned_as_ending_only_and_relaunch_ends_it(workdir):
+    args = ["train.epochs=2", "data.train_limit=600", "data.test_limit=200"]
+    assert run_cli(args, workdir).returncode == 0
+    client, (run,) = runs_of(workdir)
+    # What a kill between the last epoch's checkpoint and the run's end leaves: every epoch, status KILLED.
+    client.set_terminated(run.info.run_id, "KILLED")
+
+    plan = run_cli(["-m", *args, "sweep.plan=true"], workdir)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert "resume" in plan.stdout and "all 2 epochs done: only ends the run (KILLED)" in plan.stdout, plan.stdout
+
+    relaunch = run_cli(args, workdir)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    client, runs = runs_of(workdir)
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(run.info.run_id, "FINISHED")]
+    assert steps(client, run.info.run_id) == [1, 2]
 
 
 def test_status_lists_every_job_of_the_latest_sweep_and_fails_while_one_failed(workdir):
