@@ -46,9 +46,10 @@ writeup: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
-## The README's screenshot (docs/mlflow-compare.png): two runs' test_acc in the MLflow UI; needs chromium.
+## The README's screenshot (docs/mlflow-compare.png): the runs' test_acc in the MLflow UI; needs chromium.
+## SHOT_ARGS='--group-by-tag config_group': the Chart view, seeds grouped (docs/mlflow-seeds-grouped.png).
 ui-screenshot: $(STAMP)
-	$(BIN)/python -m scripts.ui_screenshot --store sqlite:///$(CURDIR)/outputs/mlflow.db
+	$(BIN)/python -m scripts.ui_screenshot --store sqlite:///$(CURDIR)/outputs/mlflow.db $(SHOT_ARGS)
 
 ## A shared tracking server on loopback: jobs log to it with mlflow.tracking_uri=http://127.0.0.1:$(SERVER_PORT).
 mlflow-server: $(STAMP)

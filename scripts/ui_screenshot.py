@@ -9,8 +9,14 @@ saves a PNG, and stops the server by its process group.
     .venv/bin/python -m scripts.ui_screenshot --store sqlite:////tmp/s/outputs/mlflow.db \
         --runs 'lenet·none·sgd·s0' 'mlp·none·sgd·s0' --out docs/mlflow-compare.png
 
-The README's picture is of ``make sweep``'s store (the grid: six runs, 15 epochs). Needs Debian's
-``chromium`` (``apt-get install chromium``) and Pillow.
+With ``--group-by-tag config_group`` it shows the experiment's Chart view instead, runs grouped by
+that tag: one mean curve per configuration with a min-max band over its seeds (the README's
+docs/mlflow-seeds-grouped.png, from ``make writeup``'s store). The view is handed to the UI as MLflow's
+own "Share" button does: a ``mlflow.sharedViewState.<key>`` experiment tag and ``viewStateShareKey=<key>``.
+
+The README's pictures are of ``make sweep``'s store (the grid: six runs, 15 epochs) and of ``make
+writeup``'s (four experiments x 3 seeds). Needs Debian's ``chromium`` (``apt-get install chromium``)
+and Pillow.
 """
 
 from __future__ import annotations
@@ -80,6 +86,58 @@ def compare_url(base: str, experiment_id: str, run_ids: list[str], metric: str) 
     return f"{base}/#/metric?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
 
 
+SHARED_VIEW_KEY = "lenet-sweep-grouped-by-tag"
+
+
+def grouped_chart_url(
+    base: str, store: str, experiment_id: str, tag: str, metric: str, y_range: list[float] | None
+) -> str:
+    """The experiment's Chart view: ``metric`` against step, runs grouped by ``tag`` (mean, min-max band).
+
+    Saves the view as a shared view state on the experiment (a tag), the way the UI's Share button does,
+    and returns the address that opens it. Runs without ``tag`` (a sweep's parent run) are filtered out.
+    """
+    from mlflow.tracking import MlflowClient
+
+    section = "lenet-sweep-section"
+    y_min, y_max = y_range or (None, None)
+    chart = {
+        "type": "LINE",
+        "uuid": "lenet-sweep-chart",
+        "metricSectionId": section,
+        "metricKey": metric,
+        "selectedMetricKeys": [metric],
+        "xAxisKey": "step",
+        "scaleType": "linear",
+        "lineSmoothness": 0,
+        "range": {"yMin": y_min, "yMax": y_max},
+        "deleted": False,
+        "isGenerated": False,
+    }
+    view = {
+        "searchFilter": f"tags.{tag} != ''",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": tag}]},
+        "useGroupedValuesInCharts": True,
+        "runsHiddenMode": "SHOW_ALL",
+        "compareRunSections": [
+            {
+                "uuid": section,
+                "name": "Model metrics",
+                "display": True,
+                "isReordered": False,
+                "columns": 1,
+                "cardHeight": 520,
+            }
+        ],
+        "compareRunCharts": [chart],
+        "chartsSearchFilter": metric,  # the UI adds a chart for every other metric too
+    }
+    MlflowClient(store).set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{SHARED_VIEW_KEY}", json.dumps(view))
+    return f"{base}/#/experiments/{experiment_id}/runs?compareRunsMode=CHART&viewStateShareKey={SHARED_VIEW_KEY}"
+
+
 def trim(src: Path, dst: Path, pad: int = 40) -> tuple[int, int]:
     """Cut the empty white band under the content; save optimised. Returns the final size."""
     from PIL import Image, ImageChops
@@ -102,11 +160,15 @@ def main() -> None:
     parser.add_argument("--experiment", default="lenet_sweep")
     parser.add_argument("--runs", nargs="+", metavar="NAME_OR_ID", default=[])
     parser.add_argument("--metric", default="test_acc")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "mlflow-compare.png")
+    parser.add_argument("--group-by-tag", metavar="TAG", help="the Chart view with runs grouped by TAG")
+    parser.add_argument("--y-range", nargs=2, type=float, metavar=("LOW", "HIGH"), help="with --group-by-tag")
+    parser.add_argument("--out", type=Path, help="default: docs/mlflow-compare.png, or mlflow-seeds-grouped.png")
     parser.add_argument("--budget-ms", type=int, default=20_000, help="virtual time Chromium gives the page")
     parser.add_argument("--no-trim", action="store_true", help="keep the full 1400x900 window")
     args = parser.parse_args()
 
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    args.out = args.out or docs / ("mlflow-seeds-grouped.png" if args.group_by_tag else "mlflow-compare.png")
     if find_chromium() is None:
         sys.exit("chromium not found: apt-get install chromium")
     experiment_id, runs = pick_runs(args.store, args.experiment, args.runs)
@@ -127,7 +189,12 @@ def main() -> None:
             extra_args=["--allowed-hosts", f"{ALIAS}:{port},127.0.0.1:{port}", "--cors-allowed-origins", base],
         )
         try:
-            url = compare_url(base, experiment_id, [r.info.run_id for r in runs], args.metric)
+            if args.group_by_tag:
+                url = grouped_chart_url(base, args.store, experiment_id, args.group_by_tag, args.metric, args.y_range)
+                # A group is labelled with its tag value; the page must show every group.
+                names = sorted({r.data.tags[args.group_by_tag] for r in runs if args.group_by_tag in r.data.tags})
+            else:
+                url = compare_url(base, experiment_id, [r.info.run_id for r in runs], args.metric)
             print(f"url: {url}", flush=True)
             browser = [
                 *SCREENSHOT_FLAGS,

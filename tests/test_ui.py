@@ -5,9 +5,14 @@ Needs Debian's ``chromium`` (``apt-get install chromium``); skipped without it.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
-from tests.helpers.cli import SMALL, cli_env, run_cli, runs_of, store_uri
+from scripts.ui_screenshot import SHARED_VIEW_KEY
+from tests.helpers.cli import REPO, SMALL, cli_env, run_cli, runs_of, store_uri
 from tests.helpers.services import (
     find_chromium,
     free_port,
@@ -56,3 +61,29 @@ def test_runs_page_lists_both_runs_in_headless_chromium(mlflow_ui, tmp_path):
             break
     missing = [name for name in RUN_NAMES if name not in dom]
     assert not missing, f"{missing} not rendered at {url}; DOM ({len(dom)} chars) ends:\n{dom[-2000:]}"
+
+
+def test_the_chart_view_groups_seeds_by_config_group(workdir, tmp_path):
+    result = run_cli(["-m", "model=mlp", "optimizer.lr=0.01,0.02", "seed=0,1"] + SMALL, workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client, runs = runs_of(workdir)
+    groups = {r.data.tags["config_group"] for r in runs}
+    assert len(runs) == 4 and len(groups) == 2
+
+    picture = tmp_path / "grouped.png"
+    shot = subprocess.run(
+        [sys.executable, "-m", "scripts.ui_screenshot", "--store", store_uri(workdir), "--group-by-tag", "config_group"]
+        + ["--out", str(picture)],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # The script fails unless the page it opened shows every group's label.
+    assert shot.returncode == 0, shot.stdout[-3000:] + shot.stderr[-3000:]
+    assert picture.stat().st_size > 10_000
+    view = json.loads(
+        client.get_experiment(runs[0].info.experiment_id).tags[f"mlflow.sharedViewState.{SHARED_VIEW_KEY}"]
+    )
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "config_group"}]
