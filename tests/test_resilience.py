@@ -92,7 +92,7 @@ def test_a_sigkilled_joblib_sweep_relaunched_has_one_parent_and_every_epoch_once
         "hydra.launcher.n_jobs=2",
         "seed=0,1,2",
         "train.epochs=3",
-        "data.train_limit=3000",
+        "data.train_limit=12000",  # epochs long enough that the kill lands mid-run
         "data.test_limit=200",
         "train.threads=1",
     ]
@@ -151,7 +151,7 @@ def test_sigterm_ends_the_job_killed_and_the_summary_counts_it(workdir, launcher
         f"hydra/launcher={launcher}",
         "seed=0,1",
         "train.epochs=3",
-        "data.train_limit=3000",
+        "data.train_limit=12000",  # epochs long enough that the signal lands mid-run
         "data.test_limit=200",
         "train.threads=1",
     ]
