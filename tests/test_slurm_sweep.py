@@ -73,7 +73,7 @@ def test_scancel_of_one_job_is_reported_killed_and_a_relaunch_finishes_it(workdi
         *SLURM,
         "model=lenet,mlp",
         "train.epochs=4",
-        "data.train_limit=8000",
+        "data.train_limit=20000",  # epochs long enough that the signal lands mid-run
         "data.test_limit=500",
         f"mlflow.tracking_uri={mlflow_server}",
         f"mlflow.experiment={experiment}",
@@ -114,7 +114,7 @@ def test_a_job_out_of_time_requeues_itself_and_finishes_its_run(workdir, slurm_e
         # before submitit's handler is in place, and the signal would kill it.
         "hydra.launcher.timeout_min=5",
         "train.epochs=4",
-        "data.train_limit=8000",
+        "data.train_limit=20000",  # epochs long enough that the signal lands mid-run
         "data.test_limit=500",
         f"mlflow.tracking_uri={mlflow_server}",
         f"mlflow.experiment={experiment}",
