@@ -95,7 +95,8 @@ def grouped_chart_url(
     """The experiment's Chart view: ``metric`` against step, runs grouped by ``tag`` (mean, min-max band).
 
     Saves the view as a shared view state on the experiment (a tag), the way the UI's Share button does,
-    and returns the address that opens it. Runs without ``tag`` (a sweep's parent run) are filtered out.
+    and returns the address that opens it. The search keeps the runs that carry ``tag``; the UI still
+    lists a sweep's parent run apart, under "Additional runs", with no curve.
     """
     from mlflow.tracking import MlflowClient
 
