@@ -1,13 +1,12 @@
 """The cluster path for real: submitit_slurm on a one-node SLURM cluster, logging to an MLflow server."""
 
 import subprocess
-import sys
 import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers.cli import cli_env, run_cli
+from tests.helpers.cli import run_cli, start_cli
 from tests.helpers.runs import METRICS, assert_one_parent_with_children, steps
 
 pytestmark = pytest.mark.slow  # SLURM, CLI sweeps and an MLflow server
@@ -23,15 +22,21 @@ def server_runs(uri, experiment_name="lenet_sweep", children_only=True):
 
 
 def start_sweep(args, workdir, slurm_env) -> subprocess.Popen:
-    env = cli_env(SLURM_CONF=slurm_env["SLURM_CONF"], PATH=slurm_env["PATH"])
-    return subprocess.Popen(
-        [sys.executable, "-m", "lenet_sweep", *args],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return start_cli(args, workdir, SLURM_CONF=slurm_env["SLURM_CONF"], PATH=slurm_env["PATH"])
+
+
+def interrupted_sweep(mlflow_server: str, experiment: str, *overrides: str) -> list[str]:
+    """A SLURM sweep of 4-epoch jobs whose epochs last long enough that a signal lands mid-run."""
+    return [
+        "-m",
+        *SLURM,
+        *overrides,
+        "train.epochs=4",
+        "data.train_limit=20000",
+        "data.test_limit=500",
+        f"mlflow.tracking_uri={mlflow_server}",
+        f"mlflow.experiment={experiment}",
+    ]
 
 
 def first_run_with_an_epoch(uri, experiment, wanted=lambda run: True, timeout_s=240):
@@ -68,16 +73,7 @@ def test_grid_through_slurm_into_a_tracking_server(workdir, slurm_env, mlflow_se
 
 def test_scancel_of_one_job_is_reported_killed_and_a_relaunch_finishes_it(workdir, slurm_env, mlflow_server):
     experiment = "preemption"
-    args = [
-        "-m",
-        *SLURM,
-        "model=lenet,mlp",
-        "train.epochs=4",
-        "data.train_limit=20000",  # epochs long enough that the signal lands mid-run
-        "data.test_limit=500",
-        f"mlflow.tracking_uri={mlflow_server}",
-        f"mlflow.experiment={experiment}",
-    ]
+    args = interrupted_sweep(mlflow_server, experiment, "model=lenet,mlp")
     sweep = start_sweep(args, workdir, slurm_env)
     client = MlflowClient(mlflow_server)
     lenet = first_run_with_an_epoch(mlflow_server, experiment, lambda r: r.data.params.get("model.name") == "lenet")
@@ -106,24 +102,15 @@ def test_scancel_of_one_job_is_reported_killed_and_a_relaunch_finishes_it(workdi
 
 def test_a_job_out_of_time_requeues_itself_and_finishes_its_run(workdir, slurm_env, mlflow_server):
     experiment = "requeue"
-    args = [
-        "-m",
-        *SLURM,
-        # Under 10 minutes, submitit counts a job signalled at any time as out of time (not preempted).
-        # Not 1 minute: SLURM would then send its own warning signal as the requeued job starts,
-        # before submitit's handler is in place, and the signal would kill it.
-        "hydra.launcher.timeout_min=5",
-        "train.epochs=4",
-        "data.train_limit=20000",  # epochs long enough that the signal lands mid-run
-        "data.test_limit=500",
-        f"mlflow.tracking_uri={mlflow_server}",
-        f"mlflow.experiment={experiment}",
-    ]
+    # Under 10 minutes, submitit counts a job signalled at any time as out of time (not preempted).
+    # Not 1 minute: SLURM would then send its own warning signal as the requeued job starts,
+    # before submitit's handler is in place, and the signal would kill it.
+    args = interrupted_sweep(mlflow_server, experiment, "hydra.launcher.timeout_min=5")
     sweep = start_sweep(args, workdir, slurm_env)
     client = MlflowClient(mlflow_server)
     run = first_run_with_an_epoch(mlflow_server, experiment)
-    # What SLURM sends signal_delay_s before the time limit (sent now, so the test need not wait for the
-    # scheduler's once-a-minute check): submitit requeues the job, one of its max_num_timeout requeues.
+    # What SLURM sends signal_delay_s before the time limit (sent now, so the test need not wait for it):
+    # submitit requeues the job, one of its max_num_timeout requeues.
     (task,) = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm_env, capture_output=True, text=True).stdout.split()
     subprocess.run(["scancel", "--signal=USR2", task], env=slurm_env, check=True)
     output, _ = sweep.communicate(timeout=300)

@@ -6,8 +6,6 @@ Needs Debian's ``chromium`` (``apt-get install chromium``); skipped without it.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -71,14 +69,10 @@ def test_the_chart_view_groups_seeds_by_config_group(workdir, tmp_path):
     assert len(runs) == 4 and len(groups) == 2
 
     picture = tmp_path / "grouped.png"
-    shot = subprocess.run(
-        [sys.executable, "-m", "scripts.ui_screenshot", "--store", store_uri(workdir), "--group-by-tag", "config_group"]
-        + ["--out", str(picture)],
-        cwd=REPO,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    shot = run_cli(
+        ["--store", store_uri(workdir), "--group-by-tag", "config_group", "--out", str(picture)],
+        REPO,
+        module="scripts.ui_screenshot",
     )
     # The script fails unless the page it opened shows every group's label.
     assert shot.returncode == 0, shot.stdout[-3000:] + shot.stderr[-3000:]

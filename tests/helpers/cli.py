@@ -50,12 +50,12 @@ def runs_of(workdir: Path, experiment: str = "lenet_sweep", children_only: bool 
     return client, runs
 
 
-def start_cli(args, workdir) -> subprocess.Popen:
+def start_cli(args, workdir, **env: str) -> subprocess.Popen:
     """The CLI in its own process group (so the test can stop exactly it and its workers), output piped."""
     return subprocess.Popen(
         [sys.executable, "-m", "lenet_sweep", *args],
         cwd=workdir,
-        env=cli_env(),
+        env=cli_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
