@@ -13,7 +13,9 @@ SLURM_LOCAL_DIR ?= /tmp/lenet-sweep-slurm
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# compat: the checkout itself goes on sys.path, so Hydra finds the plugins in its hydra_plugins/ namespace
+	# (the default editable finder hides namespace packages from the pkgutil walk Hydra discovers plugins with).
+	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 ## The main job: the writeup's grid, 15 epochs on the full MNIST, into outputs/mlflow.db.
