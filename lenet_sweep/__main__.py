@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 
 import hydra
@@ -22,21 +21,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lenet_sweep import identity
+from lenet_sweep import hydra_internals, identity, ownership
 from lenet_sweep.config import Config, ConfigError, check_known_keys, one_line, register_configs
 from lenet_sweep.data import DataError
-from lenet_sweep.job import (
-    JobContext,
-    JobResult,
-    Requeued,
-    Terminated,
-    load_job_dataset,
-    run_job,
-    signals_as_interrupts,
-)
+from lenet_sweep.job import JobContext, load_job_dataset, run_job
 from lenet_sweep.plan import PlannedJob, print_plan
-from lenet_sweep.sweep import in_launching_process
-from lenet_sweep.tracking import TrackingError, resolve_tracking_uri
+from lenet_sweep.results import JobKilled, JobResult, ParentRun
+from lenet_sweep.signals import Requeued, Terminated, signals_as_interrupts
+from lenet_sweep.store import TrackingError, resolve_tracking_uri
 
 log = logging.getLogger("lenet_sweep")
 INPUT_ERRORS = (ConfigError, DataError, TrackingError)
@@ -57,13 +49,15 @@ def _parallel_jobs(hydra_cfg) -> int:
 def job_context() -> JobContext:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    sweep_dir = Path(hydra_cfg.sweep.dir).resolve() if multirun else None
     return JobContext(
         start_dir=Path(hydra_cfg.runtime.cwd),
         output_dir=Path(hydra_cfg.runtime.output_dir),
         overrides=tuple(hydra_cfg.overrides.task),
-        sweep_dir=Path(hydra_cfg.sweep.dir).resolve() if multirun else None,
+        sweep_dir=sweep_dir,
         job_num=hydra_cfg.job.num if multirun else None,
         parallel_jobs=_parallel_jobs(hydra_cfg) if multirun else 1,
+        parent=ParentRun.read(sweep_dir),
     )
 
 
@@ -100,16 +94,22 @@ def main(dict_cfg: DictConfig) -> float | None:
         if not multirun:
             sys.exit(2)
         result = JobResult("FAILED", _safe_name(dict_cfg, ctx.overrides), reason=str(error))
-    except KeyboardInterrupt as interrupt:
-        # Ctrl-C or SIGTERM: the job's status says KILLED (with its run, if it had one) before the process goes.
-        result = getattr(interrupt, "job_result", None) or JobResult(
-            "KILLED", _safe_name(dict_cfg, ctx.overrides), reason=f"interrupted: {interrupt or 'Ctrl-C'}"
+    except KeyboardInterrupt as error:
+        # Ctrl-C, SIGTERM or lost ownership: the job's status says KILLED (with its run, if it had one).
+        killed = error if isinstance(error, JobKilled) else None
+        interrupt = killed.interrupt if killed else error
+        result = (
+            killed.result
+            if killed
+            else JobResult(
+                "KILLED", _safe_name(dict_cfg, ctx.overrides), reason=f"interrupted: {interrupt or 'Ctrl-C'}"
+            )
         )
         result.write(ctx.output_dir)
         if isinstance(interrupt, Requeued):
             raise SystemExit(-1) from None  # leave no result behind: the launcher waits for the requeued job
-        if not multirun or in_launching_process():
-            raise  # stop here: the sweep in this process ends, and its summary says what ran
+        if not multirun or (ctx.parent is not None and ctx.parent.launcher == ownership.owner_token()):
+            raise interrupt from None  # stop here: the sweep in this process ends, and its summary says what ran
         return None  # a launcher's worker: report back, so the sweep's summary counts the job KILLED
     except Exception as error:
         if not multirun:
@@ -144,6 +144,9 @@ def cli() -> None:
     sys.argv[1:] = [plain_experiment(arg) for arg in sys.argv[1:]]
     try:
         main()
+    except ownership.OwnershipLost as lost:
+        print(f"stopped: {lost}", file=sys.stderr)
+        sys.exit(1)
     except Terminated as interrupt:
         print(f"stopped: {interrupt}", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
@@ -154,16 +157,10 @@ def cli() -> None:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
     except ValueError as error:
-        if not _is_hydra_usage_error(error):
+        if not hydra_internals.is_usage_error(error):
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-
-
-def _is_hydra_usage_error(error: ValueError) -> bool:
-    """Hydra checks its command-line flags (``-m --cfg job``) with a plain ValueError of its own."""
-    frames = traceback.extract_tb(error.__traceback__)
-    return bool(frames) and Path(frames[-1].filename).match("hydra/_internal/utils.py")
 
 
 if __name__ == "__main__":

@@ -174,8 +174,9 @@ class SweepConfig:
     plan: bool = False
     # Continue a KILLED/FAILED run with the same fingerprint from its checkpoint.
     resume: bool = True
-    # A RUNNING run owned by another host counts as orphaned (and is closed KILLED) once its
-    # heartbeat, stamped every minute while its process lives, is this much older.
+    # A RUNNING run counts as orphaned (and is closed KILLED) once its heartbeat, stamped every
+    # minute (six times per window at least) while its owner lives, is this much older; an owner
+    # whose heartbeat has failed for half of it stops itself first.
     orphan_after_minutes: float = 10.0
 
     def __post_init__(self) -> None:
@@ -187,10 +188,10 @@ class SweepConfig:
             "must be one of config, code, never (or true/false)",
         )
         _require(
-            self.orphan_after_minutes >= 2,
+            self.orphan_after_minutes > 0,
             "sweep.orphan_after_minutes",
             self.orphan_after_minutes,
-            "must be >= 2 (heartbeats come every minute)",
+            "must be > 0",
         )
 
 

@@ -182,30 +182,24 @@ def load_mnist(root: str = "data", **options) -> LoadedDataset:
     return load_dataset(MNIST, root=root, **options)
 
 
-def log_dataset_input(client, run_id: str, dataset: LoadedDataset) -> None:
-    """Record ``dataset`` as the run's MLflow dataset input (``provenance`` tags the run with its digest).
+def log_dataset_input(runs, run_id: str, dataset: LoadedDataset) -> None:
+    """Record ``dataset`` as the run's MLflow dataset input in the ``store.Store`` ``runs``.
 
     The input (shown on the run's page in the UI) has the data set's name, digest,
     source directory and, as its profile, the samples in the files; its input tags
     give the samples this run used (``data.train_limit``/``test_limit`` may cut them).
+    ``provenance`` tags the run with the digest too.
     """
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-    from mlflow.exceptions import MlflowException
-
     train_samples, test_samples = dataset.file_samples
-    entity = Dataset(
+    runs.log_dataset_input(
+        run_id,
         name=dataset.name,
         digest=dataset.digest,
-        source_type="local",
         source=json.dumps({"uri": dataset.source}),  # as mlflow.data's local sources write it
         profile=json.dumps({"train_samples": train_samples, "test_samples": test_samples}),
+        input_tags={
+            CONTEXT_TAG: "train+test",
+            "train_samples": str(len(dataset.train)),
+            "test_samples": str(len(dataset.test)),
+        },
     )
-    tags = [
-        InputTag(CONTEXT_TAG, "train+test"),
-        InputTag("train_samples", str(len(dataset.train))),
-        InputTag("test_samples", str(len(dataset.test))),
-    ]
-    try:
-        client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])
-    except MlflowException:  # a parallel job registered the same data set first: it exists now, so use it
-        client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])

@@ -30,6 +30,7 @@ NOT_COMPUTED = (
     "data.torchvision_class",
     "data.system_dir",
     "data.system_package",
+    "owner",  # owner.N: which process claimed the run the Nth time it changed hands (ownership.claim)
 )
 # Keys added after runs were recorded, with the value those runs had: left out of fingerprints at
 # that value, so the earlier runs keep theirs and are still skipped or resumed.

@@ -2,25 +2,23 @@
 
 Order matters: everything that can be wrong with the input (config ranges, the
 tracking store, the data) is checked before a run is created or a batch is
-trained, so bad input never leaves a half-written run behind.
+trained, so bad input never leaves a half-written run behind. Once the run
+exists this process owns it (``ownership``) until it ends.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import signal
 import sys
-from collections.abc import Mapping
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lenet_sweep import fast, identity, tracking
+from lenet_sweep import fast, identity, ownership, store
 from lenet_sweep.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from lenet_sweep.config import Config
 from lenet_sweep.data import to_model_input
@@ -28,15 +26,12 @@ from lenet_sweep.datasets import DatasetSpec, LoadedDataset, load_dataset, log_d
 from lenet_sweep.models import build_model, count_parameters, format_parameter_table
 from lenet_sweep.plan import Decision, decide
 from lenet_sweep.provenance import Provenance, code_version
+from lenet_sweep.results import JobKilled, JobResult, ParentRun
+from lenet_sweep.store import Store
 from lenet_sweep.train import DeviceData, EpochMetrics, fit, make_optimizer
 
 log = logging.getLogger(__name__)
-STATUS_FILE = "job_status.json"
-PARENT_RUN_FILE = "mlflow_parent_run.json"
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (scancel, preemption, a launcher shutting down): the run ends KILLED."""
+CLAIM_ATTEMPTS = 3  # decisions retried when another launcher claims the chosen run first
 
 
 @dataclass(frozen=True)
@@ -49,18 +44,9 @@ class JobContext:
     sweep_dir: Path | None = None
     job_num: int | None = None
     parallel_jobs: int = 1
-
-
-@dataclass
-class JobResult:
-    status: str  # FINISHED, FAILED, KILLED or SKIPPED
-    run_name: str
-    run_id: str | None = None
-    reason: str | None = None
-    test_acc: float | None = None
-
-    def write(self, directory: Path) -> None:
-        (directory / STATUS_FILE).write_text(json.dumps(asdict(self)))
+    parent: ParentRun | None = None  # the sweep's parent run, when the launching process made one
+    # Called after each epoch is checkpointed and logged, with its metrics (tests interrupt jobs there).
+    epoch_hook: Callable[[EpochMetrics], None] | None = None
 
 
 def pick_device(requested: str) -> torch.device:
@@ -83,53 +69,6 @@ def pick_threads(requested: int, parallel_jobs: int) -> int:
         return int(os.environ["SLURM_CPUS_PER_TASK"])
     cores = len(os.sched_getaffinity(0))
     return max(1, cores // max(1, parallel_jobs))
-
-
-def read_parent_run_id(sweep_dir: Path | None) -> str | None:
-    """The sweep's parent run, written into the sweep directory when the multirun started."""
-    if sweep_dir is None or not (sweep_dir / PARENT_RUN_FILE).is_file():
-        return None
-    return json.loads((sweep_dir / PARENT_RUN_FILE).read_text())["run_id"]
-
-
-def raise_terminated(signum, frame):
-    """A SIGTERM handler: the signal becomes an exception, so runs are closed on the way out."""
-    raise Terminated(f"received signal {signum}")
-
-
-class Requeued(KeyboardInterrupt):
-    """SLURM preempted the job or its time ran out, and submitit requeued it: it resumes from its checkpoint."""
-
-
-@contextmanager
-def signals_as_interrupts():
-    """Inside, SIGTERM raises ``Terminated``, and submitit's requeue on SIGUSR2 raises ``Requeued``.
-
-    Either way the job closes its run KILLED and says why. submitit's own USR2
-    handler (checkpoint, ``scontrol requeue``, exit) still does the requeueing.
-    """
-    previous_term = signal.signal(signal.SIGTERM, raise_terminated)
-    previous_usr2 = signal.getsignal(signal.SIGUSR2)
-    if callable(previous_usr2):
-
-        def requeue(signum, frame):
-            # `scontrol requeue` stops this run of the job with SIGTERM: that is the requeue, not a cancel.
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            try:
-                previous_usr2(signum, frame)
-            except SystemExit:  # requeued: the process must end now, as submitit meant it to
-                raise Requeued("preempted or out of time; SLURM requeued the job, which resumes the run") from None
-            except BaseException:  # not requeued (out of time too often): a SIGTERM is a cancel again
-                signal.signal(signal.SIGTERM, raise_terminated)
-                raise
-
-        signal.signal(signal.SIGUSR2, requeue)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous_term)
-        if callable(previous_usr2):
-            signal.signal(signal.SIGUSR2, previous_usr2)
 
 
 def _progress_factory(enabled: bool):
@@ -180,11 +119,6 @@ def _device_data(dataset: LoadedDataset, mean: float, std: float, device: torch.
     )
 
 
-def _close_orphans(client, experiment_id: str, orphan_after_minutes: float) -> None:
-    for run_id, reason in tracking.close_orphaned_runs(client, experiment_id, orphan_after_minutes * 60):
-        log.warning("run %s was left RUNNING (%s); marked KILLED", run_id, reason)
-
-
 @dataclass
 class Training:
     """What one job trains, built before its run exists: a failure here leaves nothing in the store."""
@@ -209,31 +143,57 @@ class OpenedRun:
     previous_tags: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class ActiveRun:
+    """One job's run once it exists: where it is, what it trains and records, and how it runs."""
+
+    store: Store
+    run: OpenedRun
+    name: str
+    training: Training
+    cfg: Config
+    ctx: JobContext
+    params: dict[str, Any]
+    tags: dict[str, str]
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+
 def run_job(cfg: Config, ctx: JobContext) -> JobResult:
     """Train one configuration into one MLflow run, or skip it when a FINISHED run has the same fingerprint.
 
     Raises ``ConfigError``/``DataError``/``TrackingError`` before any run exists.
     Once a run exists it always ends FINISHED, FAILED (with the reason) or, on
-    Ctrl-C or SIGTERM, KILLED: the interrupt propagates with the job's result as ``job_result``.
+    Ctrl-C, SIGTERM or lost ownership, KILLED: then ``JobKilled`` carries the job's result.
     """
     name = identity.run_name(cfg, ctx.overrides)
     dataset = load_job_dataset(cfg, ctx.start_dir)  # bad data stops the job before the store is touched
-    tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri, ctx.start_dir)
-    tracking.check_reachable(tracking_uri)
-    client = tracking.MlflowClient(tracking_uri)
-    experiment_id = tracking.get_or_create_experiment(
-        client, cfg.mlflow.experiment, tracking.default_artifact_location(tracking_uri)
-    )
+    tracking_uri = store.resolve_tracking_uri(cfg.mlflow.tracking_uri, ctx.start_dir)
+    store.check_reachable(tracking_uri)
+    runs = Store(tracking_uri)
+    experiment_id = runs.get_or_create_experiment(cfg.mlflow.experiment, store.default_artifact_location(tracking_uri))
     flat_config = identity.flat_config(cfg)
     fingerprint = identity.config_fingerprint(flat_config)
-    if ctx.sweep_dir is None:  # in a multirun the launching process did this before any job started
-        _close_orphans(client, experiment_id, cfg.sweep.orphan_after_minutes)
+    stale_after_seconds = cfg.sweep.orphan_after_minutes * 60
+    if ctx.parent is None:  # in a multirun the launching process did this before any job started
+        close_orphans(runs, experiment_id, stale_after_seconds)
     provenance = Provenance(code_version(), data_digest=dataset.digest)
-    decision = decide(client, experiment_id, fingerprint, cfg.sweep.skip_finished, cfg.sweep.resume, provenance)
-    if decision.action == "skip":
-        log.info("skip %s: already FINISHED as run %s (%s)", name, decision.run.info.run_id, decision.reason)
-        return JobResult("SKIPPED", name, decision.run.info.run_id)
-    training = build_training(cfg, ctx, dataset)
+    training = None
+    for _ in range(CLAIM_ATTEMPTS):
+        decision = decide(runs, experiment_id, fingerprint, cfg.sweep.skip_finished, cfg.sweep.resume, provenance)
+        if decision.action == "skip":
+            log.info("skip %s: already FINISHED as run %s (%s)", name, decision.run.info.run_id, decision.reason)
+            return JobResult("SKIPPED", name, decision.run.info.run_id)
+        training = training or build_training(cfg, ctx, dataset)
+        try:
+            run = open_run(runs, experiment_id, name, fingerprint, decision, ctx, stale_after_seconds)
+            break
+        except ownership.ClaimLost as lost:
+            log.info("%s: %s; deciding again", name, lost)
+    else:
+        return JobResult("SKIPPED", name, reason=f"another launcher claimed its run each of {CLAIM_ATTEMPTS} times")
     log.info(
         "%s: %s, %d trainable parameters on %s\n%s",
         name,
@@ -242,10 +202,14 @@ def run_job(cfg: Config, ctx: JobContext) -> JobResult:
         training.device,
         format_parameter_table(training.model),
     )
-    run = open_run(client, experiment_id, name, fingerprint, decision, ctx)
     params = {**flat_config, "n_params": count_parameters(training.model)}
-    tags = {**provenance.tags(), tracking.CONFIG_GROUP_TAG: identity.config_group(flat_config)}
-    return train_run(client, run, name, training, cfg, params, tags, ctx)
+    tags = {**provenance.tags(), store.CONFIG_GROUP_TAG: identity.config_group(flat_config)}
+    return train_run(ActiveRun(runs, run, name, training, cfg, ctx, params, tags))
+
+
+def close_orphans(runs: Store, experiment_id: str, stale_after_seconds: float) -> None:
+    for orphan in ownership.close_orphaned_runs(runs, experiment_id, stale_after_seconds):
+        log.warning("run %s was left RUNNING (%s); marked KILLED", orphan.run_id, orphan.reason)
 
 
 def build_training(cfg: Config, ctx: JobContext, dataset: LoadedDataset) -> Training:
@@ -264,65 +228,88 @@ def build_training(cfg: Config, ctx: JobContext, dataset: LoadedDataset) -> Trai
     return Training(model, trained_model, optimizer, generator, data, device, dataset, fast_path.kernels)
 
 
-def open_run(client, experiment_id: str, name: str, fingerprint: str, decision: Decision, ctx: JobContext) -> OpenedRun:
-    """Reopen the run ``decision`` continues (resume, take over), or create a new one; RUNNING from here on.
+def open_run(
+    runs: Store,
+    experiment_id: str,
+    name: str,
+    fingerprint: str,
+    decision: Decision,
+    ctx: JobContext,
+    stale_after_seconds: float,
+) -> OpenedRun:
+    """Claim and reopen the run ``decision`` continues (resume, take over), or create a new one; RUNNING from here.
 
-    A run taken over died before its first checkpoint: it trains from epoch 1, so
-    a relaunch never leaves an empty KILLED run beside a new one.
+    ``ownership.ClaimLost`` when another process claimed that run first. A run
+    taken over died before its first checkpoint: it trains from epoch 1, so a
+    relaunch never leaves an empty KILLED run beside a new one.
     """
     checkpoint_path = ctx.output_dir / CHECKPOINT_NAME
     if decision.run is not None:
-        run_id = decision.run.info.run_id
-        tracking.set_tags(client, run_id, tracking.owner_tags())  # before RUNNING: never a dead owner
-        client.update_run(run_id, status="RUNNING")
+        claimed = ownership.claim(runs, decision.run.info.run_id, stale_after_seconds)  # owner tags first
+        runs.reopen_run(claimed.info.run_id)
         if decision.checkpoint is not None:
-            return OpenedRun(run_id, decision.checkpoint, decision.checkpoint, decision.run.data.tags)
-        return OpenedRun(run_id, checkpoint_path, None, decision.run.data.tags)
-    tags = {tracking.FINGERPRINT_TAG: fingerprint, tracking.CHECKPOINT_TAG: str(checkpoint_path)}
-    run_id = tracking.start_run(client, experiment_id, name, tags, read_parent_run_id(ctx.sweep_dir))
-    return OpenedRun(run_id, checkpoint_path)
+            return OpenedRun(claimed.info.run_id, decision.checkpoint, decision.checkpoint, claimed.data.tags)
+        return OpenedRun(claimed.info.run_id, checkpoint_path, None, claimed.data.tags)
+    tags = {
+        **ownership.owner_tags(),
+        store.FINGERPRINT_TAG: fingerprint,
+        store.CHECKPOINT_TAG: str(checkpoint_path),
+    }
+    parent_run_id = ctx.parent.run_id if ctx.parent else None
+    return OpenedRun(runs.create_run(experiment_id, name, tags, parent_run_id), checkpoint_path)
 
 
-def train_run(
-    client,
-    run: OpenedRun,
-    name: str,
-    training: Training,
-    cfg: Config,
-    params: dict[str, Any],
-    tags: dict[str, str],
-    ctx: JobContext,
-) -> JobResult:
-    """Everything after the run exists, under one ``try``: whatever happens, the run ends."""
+def train_run(active: ActiveRun) -> JobResult:
+    """Everything after the run exists, under one ``try``: whatever happens, the run ends.
+
+    Only a run that another process has taken over is left as it is: it is not this job's any more.
+    """
+    runs, run_id = active.store, active.run_id
+    heartbeat = ownership.Heartbeat(runs, run_id, active.cfg.sweep.orphan_after_minutes * 60)
     try:
-        with tracking.Heartbeat(client, run.run_id):
-            history = _prepare_run(client, run, name, training, params, tags, ctx)
-            _train(client, run, training, cfg, history)
-            _log_final_artifacts(client, run.run_id, training.model, ctx.output_dir)
-            _log_learning_curves(client, run.run_id, history, name)
-    except KeyboardInterrupt as interrupt:
+        with heartbeat:
+            history = _prepare_run(active)
+            _train(active, history, heartbeat)
+            _log_final_artifacts(runs, run_id, active.training.model, active.ctx.output_dir)
+            _log_learning_curves(runs, run_id, history, active.name)
+    except KeyboardInterrupt as caught:
+        # A lost heartbeat interrupts with SIGINT, or the check after an epoch raises OwnershipLost.
+        interrupt = ownership.OwnershipLost(heartbeat.lost_reason) if heartbeat.lost else caught
         reason = f"interrupted: {interrupt or 'Ctrl-C'}"
-        tracking.end_run(client, run.run_id, "KILLED", reason)
-        interrupt.job_result = JobResult("KILLED", name, run.run_id, reason=reason)  # for the job's status file
-        raise
+        if not heartbeat.taken_over:
+            _end_quietly(runs, run_id, "KILLED", reason)
+        raise JobKilled(JobResult("KILLED", active.name, run_id, reason=reason), interrupt) from interrupt
     except BaseException as error:
-        tracking.end_run(client, run.run_id, "FAILED", f"{type(error).__name__}: {error}")
+        runs.end_run(run_id, "FAILED", f"{type(error).__name__}: {error}")
         raise
-    tracking.end_run(client, run.run_id, "FINISHED")
-    return JobResult("FINISHED", name, run.run_id, test_acc=history[-1]["test_acc"] if history else None)
+    runs.end_run(run_id, "FINISHED")
+    return JobResult("FINISHED", active.name, run_id, test_acc=history[-1]["test_acc"] if history else None)
 
 
-def _train(client, run: OpenedRun, training: Training, cfg: Config, history: list[dict[str, float]]) -> None:
+def _end_quietly(runs: Store, run_id: str, status: str, reason: str) -> None:
+    """End the run; a store that does not answer leaves it RUNNING, for the next launch to close as an orphan."""
+    try:
+        runs.end_run(run_id, status, reason)
+    except Exception as error:
+        log.error("run %s could not be marked %s (%s): the next launch closes it", run_id, status, error)
+
+
+def _train(active: ActiveRun, history: list[dict[str, float]], heartbeat: ownership.Heartbeat) -> None:
     """The epochs after ``history``'s last, each checkpointed, then logged."""
+    training, cfg = active.training, active.cfg
 
     def on_epoch_end(metrics: EpochMetrics) -> None:
+        if heartbeat.lost:  # the main thread may have been in C code when the heartbeat interrupted it
+            raise ownership.OwnershipLost(heartbeat.lost_reason)
         history.append({"epoch": metrics.epoch, **metrics.as_dict()})
         # Checkpoint first: a kill between the two is repaired on resume from the history.
         save_checkpoint(
-            run.checkpoint_path, training.model, training.optimizer, training.generator, metrics.epoch, history
+            active.run.checkpoint_path, training.model, training.optimizer, training.generator, metrics.epoch, history
         )
-        tracking.log_metrics(client, run.run_id, metrics.epoch, metrics.as_dict())
+        active.store.log_metrics(active.run_id, metrics.epoch, metrics.as_dict())
         log.info("%s", metrics.log_line())
+        if active.ctx.epoch_hook is not None:
+            active.ctx.epoch_hook(metrics)
 
     fit(
         training.trained_model,
@@ -340,63 +327,55 @@ def _train(client, run: OpenedRun, training: Training, cfg: Config, history: lis
     )
 
 
-def _prepare_run(
-    client,
-    run: OpenedRun,
-    name: str,
-    training: Training,
-    params: dict[str, Any],
-    provenance_tags: dict[str, str],
-    ctx: JobContext,
-) -> list[dict[str, float]]:
+def _prepare_run(active: ActiveRun) -> list[dict[str, float]]:
     """Tags, params and, when continuing, the checkpoint's state; the metric history so far."""
-    tags = tracking.tags_for_job(" ".join(ctx.overrides), str(ctx.sweep_dir) if ctx.sweep_dir else None, ctx.job_num)
-    tags.update(provenance_tags)
-    tags.update(tracking.owner_tags())
-    tags[tracking.CHECKPOINT_TAG] = str(run.checkpoint_path)
+    ctx, run, training, runs = active.ctx, active.run, active.training, active.store
+    tags = {"hydra.overrides": " ".join(ctx.overrides) or "(defaults)"}
+    if ctx.sweep_dir is not None:
+        tags.update({"hydra.sweep_dir": str(ctx.sweep_dir), "hydra.job_num": str(ctx.job_num)})
+    tags.update(active.tags)
+    tags[store.CHECKPOINT_TAG] = str(run.checkpoint_path)
     tags["device"] = str(training.device)
     tags["kernels"] = training.kernels
-    parent_run_id = read_parent_run_id(ctx.sweep_dir)
-    if parent_run_id:  # a run continued by a relaunch joins the sweep that now holds it
-        tags[tracking.MLFLOW_PARENT_RUN_ID] = parent_run_id
-    tracking.set_tags(client, run.run_id, tags)
-    if tracking.FAILURE_TAG in run.previous_tags:  # that failure is being repaired
-        client.delete_tag(run.run_id, tracking.FAILURE_TAG)
-    tracking.log_params(client, run.run_id, params)
-    log_dataset_input(client, run.run_id, training.dataset)  # a reopened run's input is logged once only
+    if ctx.parent is not None:  # a run continued by a relaunch joins the sweep that now holds it
+        tags[store.MLFLOW_PARENT_RUN_ID] = ctx.parent.run_id
+    runs.set_tags(run.run_id, tags)
+    runs.log_params(run.run_id, active.params)
+    log_dataset_input(runs, run.run_id, training.dataset)  # a reopened run's input is logged once only
     if run.resume_from is None:
         if run.previous_tags:
-            log.info("take over %s: run %s died before its first checkpoint; training from epoch 1", name, run.run_id)
+            log.info(
+                "take over %s: run %s died before its first checkpoint; training from epoch 1", active.name, run.run_id
+            )
         return []
     last_epoch, history = load_checkpoint(run.resume_from, training.model, training.optimizer, training.generator)
-    _log_missing_epochs(client, run.run_id, history)
-    log.info("resume %s: run %s from epoch %d (%s)", name, run.run_id, last_epoch + 1, run.resume_from)
+    _log_missing_epochs(runs, run.run_id, history)
+    log.info("resume %s: run %s from epoch %d (%s)", active.name, run.run_id, last_epoch + 1, run.resume_from)
     return history
 
 
-def _log_missing_epochs(client, run_id: str, history: list[dict[str, float]]) -> None:
+def _log_missing_epochs(runs: Store, run_id: str, history: list[dict[str, float]]) -> None:
     """Log checkpointed epochs whose metrics never reached the store (killed between the two writes)."""
-    logged = {m.step for m in client.get_metric_history(run_id, "test_acc")}
+    logged = {m.step for m in runs.metric_history(run_id, "test_acc")}
     for entry in history:
         if entry["epoch"] not in logged:
-            metrics = {k: v for k, v in entry.items() if k != "epoch"}
-            tracking.log_metrics(client, run_id, entry["epoch"], metrics)
+            runs.log_metrics(run_id, entry["epoch"], {k: v for k, v in entry.items() if k != "epoch"})
 
 
-def _log_final_artifacts(client, run_id: str, model: torch.nn.Module, output_dir: Path) -> None:
+def _log_final_artifacts(runs: Store, run_id: str, model: torch.nn.Module, output_dir: Path) -> None:
     weights = output_dir / "model_state_dict.pt"
     torch.save(model.state_dict(), weights)
-    client.log_artifact(run_id, str(weights), "model")
+    runs.log_artifact(run_id, weights, "model")
     hydra_dir = output_dir / ".hydra"
     if hydra_dir.is_dir():
-        client.log_artifacts(run_id, str(hydra_dir), "hydra")
+        runs.log_artifacts(run_id, hydra_dir, "hydra")
 
 
-def _log_learning_curves(client, run_id: str, history: list[dict[str, float]], title: str) -> None:
+def _log_learning_curves(runs: Store, run_id: str, history: list[dict[str, float]], title: str) -> None:
     """The run's loss and accuracy per epoch as the artifact ``curves.png``; a plotting error never fails the run."""
     try:
         from lenet_sweep.figures import plot_run_curves
 
-        client.log_figure(run_id, plot_run_curves(history, title), "curves.png")
+        runs.log_figure(run_id, plot_run_curves(history, title), "curves.png")
     except Exception as error:  # the run trained; a missing figure is only worth a warning
         log.warning("%s: learning curves not logged: %s", title, error)

@@ -12,14 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.entities import Run
-
-from lenet_sweep import identity, tracking
+from lenet_sweep import identity, ownership, store
 from lenet_sweep.config import Config
+from lenet_sweep.ownership import RESUMABLE
 from lenet_sweep.provenance import Provenance, code_of_run, code_version
+from lenet_sweep.store import Run, Store
 
-# A RUNNING run has a live owner: orphans are closed (KILLED) before jobs look for runs to continue.
-RESUMABLE = ("FAILED", "KILLED")
 ACTIONS = ("skip", "new", "resume", "take over")
 
 
@@ -42,7 +40,7 @@ class PlannedJob:
         """What the sweep's parent run lists of the job (``sweep_jobs.json``)."""
         return {
             "run_name": self.name,
-            tracking.FINGERPRINT_TAG: self.fingerprint,
+            store.FINGERPRINT_TAG: self.fingerprint,
             "epochs": self.cfg.train.epochs,
             "overrides": list(self.overrides),
         }
@@ -59,7 +57,7 @@ class Decision:
 
 
 def decide(
-    client,
+    runs: Store,
     experiment_id: str,
     fingerprint: str,
     skip_finished: str,
@@ -74,24 +72,24 @@ def decide(
     the same and both trees were clean, ``never`` never skips. ``resume`` continues
     a FAILED or KILLED run from its checkpoint, or takes over one that died
     before its first checkpoint; runs in ``orphaned`` count as KILLED (the plan
-    reports what a launch, which closes them first, would do).
+    reports what a launch, which closes them first, would do). Reads the store only.
     """
     if skip_finished != "never":
-        for run in tracking.find_runs(client, experiment_id, fingerprint, ["FINISHED"]):
+        for run in runs.runs_with_fingerprint(experiment_id, fingerprint, ["FINISHED"]):
             skip, reason = _reuse(run, skip_finished, provenance)
             if skip:
                 return Decision("skip", run, reason=reason)
     if resume:
-        runs = [
+        candidates = [
             run
-            for run in tracking.find_runs(client, experiment_id, fingerprint, (*RESUMABLE, "RUNNING"))
+            for run in runs.runs_with_fingerprint(experiment_id, fingerprint, (*RESUMABLE, "RUNNING"))
             if (run.info.status != "RUNNING" or run.info.run_id in orphaned) and provenance.same_data_as(run)
         ]
-        for run in runs:
-            checkpoint = run.data.tags.get(tracking.CHECKPOINT_TAG)
+        for run in candidates:
+            checkpoint = run.data.tags.get(store.CHECKPOINT_TAG)
             if checkpoint and Path(checkpoint).is_file():
                 return Decision("resume", run, Path(checkpoint), _ended(run))
-        for run in runs:
+        for run in candidates:
             if not run.data.metrics:
                 return Decision("take over", run, reason=f"{_ended(run)} before its first epoch")
     return Decision("new")
@@ -115,7 +113,7 @@ def _reuse(run: Run, skip_finished: str, provenance: Provenance) -> tuple[bool, 
     return True, f"same config, same data; code differs: {theirs.describe()} then, {provenance.code.describe()} now"
 
 
-def describe(name: str, decision: Decision, total_epochs: int, client=None, name_width: int = 0) -> str:
+def describe(name: str, decision: Decision, total_epochs: int, runs: Store | None = None, name_width: int = 0) -> str:
     """One line of the plan: ``lenet·none·sgd·s0  skip  run 1f3c… FINISHED 2026-11-28 (same config, same data)``."""
     line = f"{name:<{name_width}}  {decision.action:<9}"
     run = decision.run
@@ -126,15 +124,15 @@ def describe(name: str, decision: Decision, total_epochs: int, client=None, name
         day = time.strftime("%Y-%m-%d", time.localtime(run.info.start_time / 1000))
         return f"{line} {run_ref} FINISHED {day} ({decision.reason})"
     if decision.action == "resume":
-        done = _epochs_logged(client, run) if client is not None else 0
+        done = _epochs_logged(runs, run) if runs is not None else 0
         if done >= total_epochs:  # killed between its last checkpoint and the run's end
             return f"{line} {run_ref} all {total_epochs} epochs done: only ends the run ({decision.reason})"
         return f"{line} {run_ref} from epoch {done + 1} of {total_epochs} ({decision.reason})"
     return f"{line} {run_ref} from epoch 1 ({decision.reason})"
 
 
-def _epochs_logged(client, run: Run) -> int:
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")]
+def _epochs_logged(runs: Store, run: Run) -> int:
+    steps = [m.step for m in runs.metric_history(run.info.run_id, "test_acc")]
     return max(steps, default=0)
 
 
@@ -152,12 +150,13 @@ def print_plan(
     if jobs is None:
         print("no plan: this sweeper chooses its jobs as it runs")
         return 0
-    client, experiment_id = _open_read_only(tracking_uri, experiment)
+    runs, experiment_id = _open_read_only(tracking_uri, experiment)
     orphaned: frozenset[str] = frozenset()
     if experiment_id is not None:
-        running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10000)
         orphaned = frozenset(
-            r.info.run_id for r in running if tracking.orphan_reason(r.data.tags, orphan_after_minutes * 60)
+            r.info.run_id
+            for r in runs.running_runs(experiment_id)
+            if ownership.orphan_reason(r.data.tags, orphan_after_minutes * 60)
         )
     code = code_version()
     name_width = max((len(job.name) for job in jobs), default=0)
@@ -168,7 +167,7 @@ def print_plan(
             Decision("new")
             if experiment_id is None
             else decide(
-                client,
+                runs,
                 experiment_id,
                 job.fingerprint,
                 job.cfg.sweep.skip_finished,
@@ -178,15 +177,14 @@ def print_plan(
             )
         )
         decisions.append(decision)
-        print(describe(job.name, decision, job.cfg.train.epochs, client, name_width))
+        print(describe(job.name, decision, job.cfg.train.epochs, runs, name_width))
     print(count_line(decisions))
     return 0
 
 
-def _open_read_only(tracking_uri: str, experiment: str):
-    """A client and the experiment's id, or (None, None) where nothing was logged yet; creates nothing."""
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+def _open_read_only(tracking_uri: str, experiment: str) -> tuple[Store | None, str | None]:
+    """The store and the experiment's id, or (None, None) where nothing was logged yet; creates nothing."""
+    if not store.store_exists(tracking_uri):
         return None, None
-    client = tracking.MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    return client, (found.experiment_id if found is not None else None)
+    runs = Store(tracking_uri)
+    return runs, runs.experiment_id(experiment)

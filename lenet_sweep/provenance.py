@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from mlflow.entities import Run
-from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+from lenet_sweep.store import MLFLOW_GIT_COMMIT, Run
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DIRTY_TAG = "git_dirty"  # digest of `git diff HEAD` when the tree had uncommitted changes, else empty
+DIRTY_TAG = "git_dirty"  # digest of the uncommitted changes (untracked files too) when there were any, else empty
 DATA_DIGEST_TAG = "data_digest"
 TORCH_TAG = "torch_version"
 
@@ -72,11 +72,20 @@ def _git(*args: str) -> str | None:
 def code_version() -> CodeVersion:
     """The git commit of the checkout this package runs from, and a digest of its uncommitted changes.
 
-    A package that git does not track (an installed wheel, even one inside some
-    other repository's virtual environment) has no commit.
+    The changes are ``git diff HEAD`` plus every untracked file git does not ignore, under the
+    package and ``conf/``: a new module is a change too. A package that git does not track (an
+    installed wheel, even one inside some other repository's virtual environment) has no commit.
     """
     if _git("ls-files", "--error-unmatch", "__init__.py") is None:
         return CodeVersion(None)
     commit = (_git("rev-parse", "HEAD") or "").strip() or None
-    diff = _git("diff", "HEAD", "--", ".", "../conf") or ""
-    return CodeVersion(commit, hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else None)
+    digest = hashlib.sha256((_git("diff", "HEAD", "--", ".", "../conf") or "").encode())
+    untracked = (_git("ls-files", "-z", "--others", "--exclude-standard", "--", ".", "../conf") or "").split("\0")
+    for name in sorted(filter(None, untracked)):
+        digest.update(f"\0new file {name}\0".encode())
+        try:
+            digest.update((PACKAGE_DIR / name).read_bytes())
+        except OSError:  # gone since git listed it
+            pass
+    changed = digest.hexdigest() != hashlib.sha256(b"").hexdigest()
+    return CodeVersion(commit, digest.hexdigest()[:16] if changed else None)

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from mlflow.exceptions import MlflowException
 from scipy.stats import ttest_ind_from_stats
 
-from lenet_sweep import figures, identity, tracking
+from lenet_sweep import figures, identity, store
+from lenet_sweep.store import Store, StoreRefused
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 ALL_METRICS = METRICS + ("epoch_seconds",)
@@ -59,41 +59,35 @@ class Report:
 # --- gathering -------------------------------------------------------------------------
 
 
-def select_runs(client, experiment_id: str, filter_string: str | None, include_failed: bool):
+def select_runs(runs_store: Store, experiment_id: str, filter_string: str | None, include_failed: bool):
     """The experiment's job runs matching the filter: FINISHED, plus FAILED/KILLED with ``include_failed``.
 
     Returns ``(runs, left_out)``: ``left_out`` counts the FAILED/KILLED runs not selected.
     """
-    runs, token = [], None
-    while True:
-        try:
-            page = client.search_runs([experiment_id], filter_string or "", max_results=1000, page_token=token)
-        except MlflowException as error:
-            if not filter_string or error.error_code != "INVALID_PARAMETER_VALUE":
-                raise
-            raise ReportError(f'--filter "{filter_string}": {error.message.splitlines()[0]}') from None
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
+    try:
+        runs = runs_store.search_runs(experiment_id, filter_string or "")
+    except StoreRefused as error:
+        if not filter_string or error.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        raise ReportError(f'--filter "{filter_string}": {error.message.splitlines()[0]}') from None
     jobs = [r for r in runs if r.data.tags.get("sweep") != "true"]
     selected = [r for r in jobs if r.info.status in ("FINISHED",) + (FAILED_STATUSES if include_failed else ())]
     left_out = 0 if include_failed else sum(r.info.status in FAILED_STATUSES for r in jobs)
     if not selected:
-        name = client.get_experiment(experiment_id).name
+        name = runs_store.experiment_name(experiment_id)
         where = f' matching filter "{filter_string}"' if filter_string else ""
         hint = f" ({left_out} FAILED/KILLED; add --include-failed to report them)" if left_out else ""
         raise ReportError(f"no {'' if include_failed else 'FINISHED '}runs in experiment '{name}'{where}{hint}")
     return selected, left_out
 
 
-def load_histories(client, runs) -> pd.DataFrame:
+def load_histories(runs_store: Store, runs) -> pd.DataFrame:
     """One row per (run, epoch) with every per-epoch metric; a step logged twice keeps its latest value."""
     rows = [
         (run.info.run_id, m.step, key, m.value, m.timestamp)
         for run in runs
         for key in ALL_METRICS
-        for m in client.get_metric_history(run.info.run_id, key)
+        for m in runs_store.metric_history(run.info.run_id, key)
     ]
     frame = pd.DataFrame(rows, columns=["run_id", "epoch", "metric", "value", "timestamp"])
     frame = frame.sort_values("timestamp").drop_duplicates(["run_id", "epoch", "metric"], keep="last")
@@ -370,7 +364,7 @@ def write_tables_and_page(
 
 
 def build_report(
-    client,
+    runs_store: Store,
     experiment_id: str,
     out_dir: Path,
     *,
@@ -386,7 +380,7 @@ def build_report(
     (``default_group_by``); ``epoch=None`` takes each run's last logged epoch.
     Raises ``ReportError`` when there is nothing to report.
     """
-    runs, left_out = select_runs(client, experiment_id, filter_string, include_failed)
+    runs, left_out = select_runs(runs_store, experiment_id, filter_string, include_failed)
     frame = pd.DataFrame([r.data.params for r in runs], index=[r.info.run_id for r in runs]).fillna("(unset)")
     frame.index.name = "run_id"
     unknown = [k for k in group_by or [] if k not in frame.columns]
@@ -397,7 +391,7 @@ def build_report(
     mixed = splitting_keys(frame, keys)
     frame["n_params"] = frame.get("n_params", pd.Series(None, index=frame.index)).replace("(unset)", None)
     frame["status"] = [r.info.status for r in runs]
-    hist = load_histories(client, runs)
+    hist = load_histories(runs_store, runs)
     if epoch is not None and not (hist["epoch"] == epoch).any():
         span = f"{hist['epoch'].min()}–{hist['epoch'].max()}" if len(hist) else "none"
         raise ReportError(f"--epoch {epoch}: no selected run logged that epoch (epochs logged: {span})")
@@ -416,8 +410,8 @@ def build_report(
     statuses = f"runs ({len(runs) - failed} FINISHED, {failed} FAILED/KILLED)" if include_failed else "FINISHED runs"
     excluded = f" ({left_out} FAILED/KILLED left out)" if left_out else ""
     summary = (
-        f"{len(runs)} {statuses}{excluded} of experiment `{client.get_experiment(experiment_id).name}`"
-        f"{where} in `{client.tracking_uri}`, grouped by {', '.join(f'`{k}`' for k in keys) or 'nothing'}; "
+        f"{len(runs)} {statuses}{excluded} of experiment `{runs_store.experiment_name(experiment_id)}`"
+        f"{where} in `{runs_store.uri}`, grouped by {', '.join(f'`{k}`' for k in keys) or 'nothing'}; "
         f"values at {at}." + (f" Rows mix runs that differ in {', '.join(mixed)}." if mixed else "")
     )
     out_dir = Path(out_dir)
@@ -524,13 +518,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Print the markdown table and write the report; 2 with one ``error:`` line on stderr on bad input."""
     args = parse_args(argv)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    uri = tracking.resolve_tracking_uri(args.tracking_uri, Path.cwd())
+    uri = store.resolve_tracking_uri(args.tracking_uri, Path.cwd())
     group_by = [k.strip() for k in args.group_by.split(",") if k.strip()] if args.group_by else None
     try:
-        client = tracking.open_existing_store(uri)
-        experiment_id = tracking.find_experiment(client, args.experiment)
+        runs_store = Store.open_existing(uri)
+        experiment_id = runs_store.require_experiment(args.experiment)
         report = build_report(
-            client,
+            runs_store,
             experiment_id,
             args.out,
             filter_string=args.filter,
@@ -538,10 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             epoch=args.epoch,
             include_failed=args.include_failed,
         )
-    except (ReportError, tracking.TrackingError) as error:
+    except (ReportError, store.TrackingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except MlflowException as error:
+    except StoreRefused as error:
         print(f"error: MLflow store {uri}: {str(error.message).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     print(report.markdown_table)

@@ -19,11 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
-from lenet_sweep import tracking
+from lenet_sweep import ownership, store
+from lenet_sweep.store import Run, Store, StoreRefused
 
 
 class StatusError(RuntimeError):
@@ -64,70 +61,58 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def find_sweep(client, experiment_id: str, parent_run_id: str | None) -> Run:
+def find_sweep(runs: Store, experiment_id: str, parent_run_id: str | None) -> Run:
     """The sweep's parent run: ``parent_run_id``, or the experiment's most recently started sweep."""
     if parent_run_id:
         try:
-            run = client.get_run(parent_run_id)
-        except MlflowException:
+            run = runs.get_run(parent_run_id)
+        except StoreRefused:
             raise StatusError(f"--sweep {parent_run_id}: no such run") from None
         if run.data.tags.get("sweep") != "true":
             raise StatusError(f"--sweep {parent_run_id}: run {run.info.run_name!r} is not a sweep's parent run")
         return run
-    sweeps = client.search_runs(
-        [experiment_id], filter_string="tags.sweep = 'true'", order_by=["attributes.start_time DESC"], max_results=1
-    )
-    if not sweeps:
+    latest = runs.newest_run(experiment_id, "tags.sweep = 'true'")
+    if latest is None:
         raise StatusError("no sweep in this experiment yet (run one with `python -m lenet_sweep -m ...`)")
-    return sweeps[0]
+    return latest
 
 
-def planned_jobs(client, parent: Run) -> list[dict]:
+def planned_jobs(runs: Store, parent: Run) -> list[dict]:
     """The jobs the sweep's parent lists; an older parent without the list gives its children instead."""
     try:
         with tempfile.TemporaryDirectory() as directory:
-            return json.loads(
-                Path(client.download_artifacts(parent.info.run_id, tracking.SWEEP_JOBS_ARTIFACT, directory)).read_text()
-            )
-    except (MlflowException, OSError):
+            listing = runs.download_artifact(parent.info.run_id, store.SWEEP_JOBS_ARTIFACT, Path(directory))
+            return json.loads(listing.read_text())
+    except (StoreRefused, OSError):
         return [
             {
                 "run_name": run.info.run_name,
-                tracking.FINGERPRINT_TAG: run.data.tags.get(tracking.FINGERPRINT_TAG),
+                store.FINGERPRINT_TAG: run.data.tags.get(store.FINGERPRINT_TAG),
                 "epochs": None,
             }
-            for run in _children(client, parent)
+            for run in runs.children(parent)
         ]
 
 
-def _children(client, parent: Run) -> list[Run]:
-    return client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=10000,
-    )
-
-
-def job_statuses(client, parent: Run, now: float | None = None) -> list[JobStatus]:
+def job_statuses(runs: Store, parent: Run, now: float | None = None) -> list[JobStatus]:
     """Each planned job's run: the parent's child with its fingerprint, else a FINISHED run it skipped to."""
     now = time.time() if now is None else now
-    children = _children(client, parent)
+    children = runs.children(parent)
     statuses = []
-    for job in planned_jobs(client, parent):
-        fingerprint = job.get(tracking.FINGERPRINT_TAG)
-        run = next((r for r in children if r.data.tags.get(tracking.FINGERPRINT_TAG) == fingerprint), None)
+    for job in planned_jobs(runs, parent):
+        fingerprint = job.get(store.FINGERPRINT_TAG)
+        run = next((r for r in children if r.data.tags.get(store.FINGERPRINT_TAG) == fingerprint), None)
         if run is None and fingerprint:
-            finished = tracking.find_runs(client, parent.info.experiment_id, fingerprint, ["FINISHED"])
+            finished = runs.runs_with_fingerprint(parent.info.experiment_id, fingerprint, ["FINISHED"])
             run = finished[0] if finished else None
-        statuses.append(_status_of(client, job, run, now))
+        statuses.append(_status_of(runs, job, run, now))
     return statuses
 
 
-def _status_of(client, job: dict, run: Run | None, now: float) -> JobStatus:
+def _status_of(runs: Store, job: dict, run: Run | None, now: float) -> JobStatus:
     if run is None:
         return JobStatus("MISSING", job["run_name"], 0, job.get("epochs"), None, "", None)
-    history = client.get_metric_history(run.info.run_id, "test_acc")
+    history = runs.metric_history(run.info.run_id, "test_acc")
     last = max(history, key=lambda m: m.step, default=None)
     total = run.data.params.get("train.epochs")
     return JobStatus(
@@ -136,7 +121,7 @@ def _status_of(client, job: dict, run: Run | None, now: float) -> JobStatus:
         last.step if last else 0,
         int(total) if total else job.get("epochs"),
         last.value if last else None,
-        run.data.tags.get(tracking.HOST_TAG, ""),
+        run.data.tags.get(ownership.HOST_TAG, ""),
         now - max(m.timestamp for m in history) / 1000 if history else None,
     )
 
@@ -154,12 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sweep", metavar="PARENT_RUN_ID", help="default: the experiment's most recent sweep")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file; keep the output a table
-    uri = tracking.resolve_tracking_uri(args.tracking_uri, Path.cwd())
+    uri = store.resolve_tracking_uri(args.tracking_uri, Path.cwd())
     try:
-        client = tracking.open_existing_store(uri)
-        parent = find_sweep(client, tracking.find_experiment(client, args.experiment), args.sweep)
-        statuses = job_statuses(client, parent)
-    except (StatusError, tracking.TrackingError) as error:
+        runs = Store.open_existing(uri)
+        parent = find_sweep(runs, runs.require_experiment(args.experiment), args.sweep)
+        statuses = job_statuses(runs, parent)
+    except (StatusError, store.TrackingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"sweep {parent.info.run_id} ({parent.info.run_name}): {parent.info.status}")

@@ -12,31 +12,31 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import json
-import os
 import signal
 import sys
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lenet_sweep import identity, tracking
+from lenet_sweep import hydra_internals, identity, ownership, store
 from lenet_sweep.config import Config, ConfigError, check_known_keys, one_line
 from lenet_sweep.data import DataError
-from lenet_sweep.job import PARENT_RUN_FILE, STATUS_FILE, load_job_dataset, raise_terminated
+from lenet_sweep.job import load_job_dataset
+from lenet_sweep.ownership import RESUMABLE
 from lenet_sweep.plan import PlannedJob, print_plan
+from lenet_sweep.results import STATUSES, JobResult, ParentRun
+from lenet_sweep.signals import raise_terminated
+from lenet_sweep.store import Store, StoreRefused
 
-STATUSES = ("FINISHED", "FAILED", "KILLED", "SKIPPED")
 LAUNCHES_TAG = "launches"  # how often the sweep was launched; the parent's job counts are logged at that step
 
 
@@ -48,13 +48,10 @@ def read_job_statuses(sweep_dir: Path) -> list[dict[str, Any]]:
     """One entry per job directory of the sweep; a job that died without a status file counts as FAILED."""
     results = []
     for job_dir in sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=_job_order):
-        status_file = job_dir / STATUS_FILE
-        if status_file.is_file():
-            results.append(json.loads(status_file.read_text()))
-        else:
-            results.append(
-                {"status": "FAILED", "run_name": f"job {job_dir.name}", "reason": "no status (process died)"}
-            )
+        result = JobResult.read(job_dir) or JobResult(
+            "FAILED", f"job {job_dir.name}", reason="no status (process died)"
+        )
+        results.append(asdict(result))
     return results
 
 
@@ -69,36 +66,18 @@ def format_summary(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-
-
-class HydraInternalsChanged(HydraException):
-    """The part of Hydra's private API that ``sweep_job_overrides`` uses is not what hydra-core 1.3 had."""
-
-
 def sweep_job_overrides(config: DictConfig) -> list[list[str]] | None:
     """The overrides of every job of the sweep, in launch order (job 0 first), as Hydra's basic sweeper
     will launch them; ``None`` under another sweeper, which chooses its jobs as it goes.
 
-    ``config`` is the sweep's config with its ``hydra`` node (as a multirun callback receives it). The
-    only use of Hydra's private API in the project: the basic sweeper's ``split_arguments``, which has
-    no public equivalent. When a Hydra release changes it, ``HydraInternalsChanged`` names that release.
+    ``config`` is the sweep's config with its ``hydra`` node (as a multirun callback receives it).
+    Uses Hydra's private ``split_arguments`` (``hydra_internals``).
     """
-    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+    if config.hydra.sweeper.get("_target_") != hydra_internals.BASIC_SWEEPER:
         return None
     params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-    overrides = parser.parse_overrides(params + list(config.hydra.overrides.task))
-    try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-        (jobs,) = BasicSweeper.split_arguments(overrides, None)  # None: one batch holding every job
-        return [list(job) for job in jobs]
-    except (ImportError, AttributeError, TypeError, ValueError) as error:
-        raise HydraInternalsChanged(
-            f"Hydra {hydra.__version__}: hydra._internal's BasicSweeper.split_arguments is not what hydra-core 1.3 "
-            f"had ({type(error).__name__}: {error}); lenet_sweep.sweep.sweep_job_overrides needs updating"
-        ) from error
+    return hydra_internals.split_arguments(parser.parse_overrides(params + list(config.hydra.overrides.task)))
 
 
 def compose_every_job(config: DictConfig) -> list[PlannedJob] | None:
@@ -133,63 +112,51 @@ def with_verified_data(jobs: list[PlannedJob], start_dir: Path) -> list[PlannedJ
     return [dataclasses.replace(job, data_digest=load_job_dataset(job.cfg, start_dir).digest) for job in jobs]
 
 
-_launching_pid: int | None = None
-
-
-def in_launching_process() -> bool:
-    """True in the process that started the multirun, where the basic launcher also runs its jobs."""
-    return _launching_pid == os.getpid()
-
-
 class SweepError(RuntimeError):
     """The sweep cannot start; the message says why."""
 
 
-def open_parent_run(client: tracking.MlflowClient, experiment_id: str, config: DictConfig) -> str:
+def open_parent_run(runs: Store, experiment_id: str, config: DictConfig) -> str:
     """The sweep's parent run, RUNNING: the one an earlier launch of the same sweep left, or a new one.
 
-    A sweep is its overrides and sweeper params (``tracking.sweep_fingerprint``),
+    A sweep is its overrides and sweeper params (``identity.sweep_fingerprint``),
     so a relaunch gathers every job, skipped, resumed or new, under one parent.
     """
     overrides = list(config.hydra.overrides.task)
     params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
     fingerprint = identity.sweep_fingerprint(overrides, params)
     sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
-    earlier = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.{tracking.SWEEP_FINGERPRINT_TAG} = '{fingerprint}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if earlier:
-        parent = earlier[0]
+    parent = runs.newest_run(experiment_id, f"tags.{store.SWEEP_FINGERPRINT_TAG} = '{fingerprint}'")
+    if parent is not None:
         if parent.info.status == "RUNNING":
             tags = parent.data.tags
             raise SweepError(
                 f"this sweep is already running: parent run {parent.info.run_id} on "
-                f"{tags.get(tracking.HOST_TAG)} (pid {tags.get(tracking.PID_TAG)})"
+                f"{tags.get(ownership.HOST_TAG)} (pid {tags.get(ownership.PID_TAG)})"
             )
+        try:
+            ownership.claim(
+                runs, parent.info.run_id, float(config.sweep.orphan_after_minutes) * 60, ("FINISHED", *RESUMABLE)
+            )
+        except ownership.ClaimLost as lost:
+            raise SweepError(f"this sweep was relaunched by another process at the same time: {lost}") from None
         launches = int(parent.data.tags.get(LAUNCHES_TAG, "1")) + 1
-        tracking.set_tags(
-            client, parent.info.run_id, {**tracking.owner_tags(), "hydra.sweep_dir": sweep_dir, LAUNCHES_TAG: launches}
-        )
-        if tracking.FAILURE_TAG in parent.data.tags:
-            client.delete_tag(parent.info.run_id, tracking.FAILURE_TAG)
-        client.update_run(parent.info.run_id, status="RUNNING")
+        runs.set_tags(parent.info.run_id, {"hydra.sweep_dir": sweep_dir, LAUNCHES_TAG: launches})
+        runs.reopen_run(parent.info.run_id)
         print(f"relaunch {launches} of sweep {parent.info.run_id} ({parent.info.run_name})", file=sys.stderr)
         return parent.info.run_id
     name = f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(overrides)}".strip()
     tags = {
         "sweep": "true",
         "hydra.sweep_dir": sweep_dir,
-        tracking.SWEEP_FINGERPRINT_TAG: fingerprint,
+        store.SWEEP_FINGERPRINT_TAG: fingerprint,
         LAUNCHES_TAG: "1",
     }
-    run_id = tracking.start_run(client, experiment_id, name, tags)
+    run_id = runs.create_run(experiment_id, name, {**ownership.owner_tags(), **tags})
     try:  # MLflow's param names take no Hydra prefix (+study=mlp is logged as study)
-        tracking.log_params(client, run_id, dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o))
+        runs.log_params(run_id, dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o))
     except BaseException:
-        tracking.end_run(client, run_id, "FAILED", "could not log the sweep's overrides")
+        runs.end_run(run_id, "FAILED", "could not log the sweep's overrides")
         raise
     return run_id
 
@@ -198,10 +165,10 @@ class SweepCallback(Callback):
     """Parent MLflow run and end-of-sweep summary for ``-m`` runs."""
 
     def __init__(self) -> None:
-        self.client: tracking.MlflowClient | None = None
+        self.store: Store | None = None
         self.parent_run_id: str | None = None
         self.sweep_dir: Path | None = None
-        self.heartbeat: tracking.Heartbeat | None = None
+        self.heartbeat: ownership.Heartbeat | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Launchers ship the callbacks to their workers; the parent run belongs to the launching process alone.
@@ -211,45 +178,42 @@ class SweepCallback(Callback):
         self.__init__()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _launching_pid
-        uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri, Path.cwd())
+        uri = store.resolve_tracking_uri(config.mlflow.tracking_uri, Path.cwd())
+        stale_after_seconds = float(config.sweep.orphan_after_minutes) * 60
         # Hydra turns a callback's exception into a warning and goes on: exit here instead.
         try:
             jobs = compose_every_job(config)
             if jobs is not None:
                 jobs = with_verified_data(jobs, Path.cwd())
-            tracking.check_reachable(uri)
+            store.check_reachable(uri)
             if config.sweep.plan:  # what a launch would do, and nothing else: no run, not even the parent
                 sys.exit(print_plan(uri, config.mlflow.experiment, jobs, config.sweep.orphan_after_minutes))
-            self.client = tracking.MlflowClient(uri)
-            experiment_id = tracking.get_or_create_experiment(
-                self.client, config.mlflow.experiment, tracking.default_artifact_location(uri)
+            self.store = Store(uri)
+            experiment_id = self.store.get_or_create_experiment(
+                config.mlflow.experiment, store.default_artifact_location(uri)
             )
-            stale_after_seconds = float(config.sweep.orphan_after_minutes) * 60
-            for run_id, reason in tracking.close_orphaned_runs(self.client, experiment_id, stale_after_seconds):
-                print(f"run {run_id} was left RUNNING ({reason}); marked KILLED", file=sys.stderr)
-            self.parent_run_id = open_parent_run(self.client, experiment_id, config)
-        except (ConfigError, DataError, tracking.TrackingError, SweepError) as error:
+            for orphan in ownership.close_orphaned_runs(self.store, experiment_id, stale_after_seconds):
+                print(f"run {orphan.run_id} was left RUNNING ({orphan.reason}); marked KILLED", file=sys.stderr)
+            self.parent_run_id = open_parent_run(self.store, experiment_id, config)
+        except (ConfigError, DataError, store.TrackingError, SweepError) as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         except (HydraException, OmegaConfBaseException) as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             sys.exit(2)
-        except MlflowException as error:  # the store refused a request
+        except StoreRefused as error:
             print(f"error: MLflow store {uri}: {str(error).splitlines()[0]}", file=sys.stderr)
             sys.exit(2)
-        _launching_pid = os.getpid()
         # From here on the parent must end, whatever happens: Ctrl-C, SIGTERM or a launcher error
         # skip on_multirun_end, so atexit closes it, with the summary of what ran.
         atexit.register(self._end_interrupted)
         signal.signal(signal.SIGTERM, raise_terminated)
         self.sweep_dir = Path(config.hydra.sweep.dir)
-        self.heartbeat = tracking.Heartbeat(self.client, self.parent_run_id)
+        self.heartbeat = ownership.Heartbeat(self.store, self.parent_run_id, stale_after_seconds)
         self.heartbeat.start()
         if jobs is not None:  # what `python -m lenet_sweep.status` lists, started or not
-            self.client.log_dict(self.parent_run_id, [job.as_record() for job in jobs], tracking.SWEEP_JOBS_ARTIFACT)
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        (self.sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": self.parent_run_id, "tracking_uri": uri}))
+            self.store.log_dict(self.parent_run_id, [job.as_record() for job in jobs], store.SWEEP_JOBS_ARTIFACT)
+        ParentRun(self.parent_run_id, uri, ownership.owner_token()).write(self.sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         failed = self._end_parent(interrupted=False)
@@ -258,7 +222,7 @@ class SweepCallback(Callback):
 
     def _end_parent(self, interrupted: bool) -> int:
         """Print and log the summary, close the parent; the number of jobs that failed or were killed."""
-        if self.client is None or self.parent_run_id is None or self.sweep_dir is None:
+        if self.store is None or self.parent_run_id is None or self.sweep_dir is None:
             return 0
         results = read_job_statuses(self.sweep_dir)
         summary = format_summary(results)
@@ -267,18 +231,18 @@ class SweepCallback(Callback):
         failed = counts["FAILED"] + counts["KILLED"]
         if self.heartbeat is not None:
             self.heartbeat.stop()
-        step = int(self.client.get_run(self.parent_run_id).data.tags.get(LAUNCHES_TAG, "1"))
+        step = int(self.store.get_run(self.parent_run_id).data.tags.get(LAUNCHES_TAG, "1"))
         job_counts = {f"jobs_{s.lower()}": counts[s] for s in STATUSES}
-        tracking.log_metrics(self.client, self.parent_run_id, step, job_counts)
-        tracking.set_tags(self.client, self.parent_run_id, job_counts)
-        self.client.log_text(self.parent_run_id, summary + "\n", "sweep_summary.txt")
+        self.store.log_metrics(self.parent_run_id, step, job_counts)
+        self.store.set_tags(self.parent_run_id, job_counts)
+        self.store.log_text(self.parent_run_id, summary + "\n", "sweep_summary.txt")
         if not interrupted:
             self._log_report(self.sweep_dir / "report", results)
         if interrupted:
             status, reason = "KILLED", "sweep interrupted before it completed"
         else:
             status, reason = ("FAILED", f"{failed} of {len(results)} jobs failed") if failed else ("FINISHED", None)
-        tracking.end_run(self.client, self.parent_run_id, status, reason)
+        self.store.end_run(self.parent_run_id, status, reason)
         self.parent_run_id = None
         return failed
 
@@ -290,9 +254,9 @@ class SweepCallback(Callback):
         from lenet_sweep.report import ReportError, build_report, run_ids_filter
 
         try:
-            experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
-            report = build_report(self.client, experiment_id, out_dir, filter_string=run_ids_filter(run_ids))
-            self.client.log_artifacts(self.parent_run_id, str(out_dir), "report")
+            experiment_id = self.store.get_run(self.parent_run_id).info.experiment_id
+            report = build_report(self.store, experiment_id, out_dir, filter_string=run_ids_filter(run_ids))
+            self.store.log_artifacts(self.parent_run_id, out_dir, "report")
         except ReportError as error:  # e.g. every job failed: nothing to compare
             print(f"no sweep report: {error}", file=sys.stderr)
             return

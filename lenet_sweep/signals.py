@@ -1,0 +1,64 @@
+"""Signals as exceptions: SIGTERM (scancel, preemption, a launcher shutting down) and submitit's requeue.
+
+Either way the job closes its run KILLED and says why, instead of dying with the
+run left RUNNING.
+"""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (scancel, preemption, a launcher shutting down): the run ends KILLED."""
+
+
+class Requeued(KeyboardInterrupt):
+    """SLURM preempted the job or its time ran out, and submitit requeued it: it resumes from its checkpoint."""
+
+
+def raise_terminated(signum, frame):
+    """A SIGTERM handler: the signal becomes an exception, so runs are closed on the way out."""
+    raise Terminated(f"received signal {signum}")
+
+
+def requeue_handler(submitit_handler):
+    """A SIGUSR2 handler around submitit's: ``Requeued`` when submitit requeued the job, else as submitit did.
+
+    ``scontrol requeue`` stops this run of the job with SIGTERM: that is the requeue, not a cancel, so
+    SIGTERM is ignored while submitit's handler runs, and restored on every way out of it except the
+    requeue itself (on ranks other than 0 submitit's handler returns without requeueing).
+    """
+
+    def requeue(signum, frame):
+        previous_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        requeued = False
+        try:
+            submitit_handler(signum, frame)
+        except SystemExit:  # requeued: the process must end now, as submitit meant it to
+            requeued = True
+            raise Requeued("preempted or out of time; SLURM requeued the job, which resumes the run") from None
+        finally:
+            if not requeued:
+                signal.signal(signal.SIGTERM, previous_term)
+
+    return requeue
+
+
+@contextmanager
+def signals_as_interrupts():
+    """Inside, SIGTERM raises ``Terminated``, and submitit's requeue on SIGUSR2 raises ``Requeued``.
+
+    submitit's own USR2 handler (checkpoint, ``scontrol requeue``, exit) still does the requeueing.
+    """
+    previous_term = signal.signal(signal.SIGTERM, raise_terminated)
+    previous_usr2 = signal.getsignal(signal.SIGUSR2)
+    if callable(previous_usr2):
+        signal.signal(signal.SIGUSR2, requeue_handler(previous_usr2))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        if callable(previous_usr2):
+            signal.signal(signal.SIGUSR2, previous_usr2)

@@ -1,0 +1,308 @@
+"""The one door to the MLflow tracking store: every MLflow call of the package goes through here.
+
+``Store`` wraps ``MlflowClient`` with explicit run ids (never the fluent API's
+process-global active run), so joblib workers, SLURM jobs and the launching
+process can each address the runs they own. Searches page through every
+result: no caller sees a silently truncated list. URIs are parsed here only.
+Who owns a RUNNING run is ``ownership``'s business, built on these calls.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_SOURCE_NAME
+
+__all__ = ["MLFLOW_GIT_COMMIT", "MLFLOW_PARENT_RUN_ID", "Run", "StoreRefused", "Store", "TrackingError"]
+
+DEFAULT_STORE = Path("outputs") / "mlflow.db"
+FINGERPRINT_TAG = "config_fingerprint"
+SWEEP_FINGERPRINT_TAG = "sweep_fingerprint"
+# The fingerprint without the seed: the MLflow UI groups runs by it to draw the mean and band over seeds.
+CONFIG_GROUP_TAG = "config_group"
+SWEEP_JOBS_ARTIFACT = "sweep_jobs.json"  # on a sweep's parent run: every job of the sweep, in launch order
+FAILURE_TAG = "failure_reason"
+CHECKPOINT_TAG = "checkpoint_path"
+PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
+PAGE_SIZE = 1000  # runs per search request; searches page until the store has no more
+SQLITE_PREFIX = "sqlite:///"
+
+# The store refused a request (a bad filter, a run that does not exist, a server's error).
+StoreRefused = MlflowException
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message names the URI."""
+
+
+# --- URIs ------------------------------------------------------------------------------
+
+
+def resolve_tracking_uri(configured: str | None, start_dir: Path) -> str:
+    """``configured`` if set, else ``MLFLOW_TRACKING_URI``, else the project's SQLite store under ``start_dir``."""
+    if configured:
+        return configured
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env:
+        return from_env
+    return SQLITE_PREFIX + str((start_dir / DEFAULT_STORE).resolve())
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI; None for any other store."""
+    if not tracking_uri.startswith(SQLITE_PREFIX):
+        return None
+    return Path(tracking_uri.removeprefix(SQLITE_PREFIX))
+
+
+def is_server(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+def _is_file_store(tracking_uri: str) -> bool:
+    """MLflow reads ``file:`` URIs and bare paths as its old file store."""
+    return urllib.parse.urlparse(tracking_uri).scheme in ("", "file")
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a SQLite store go beside the database (``outputs/mlartifacts`` for the default store).
+
+    Other stores (a tracking server, a file store) decide their own.
+    """
+    db_path = sqlite_path(tracking_uri)
+    return None if db_path is None else (db_path.parent / "mlartifacts").resolve().as_uri()
+
+
+def check_reachable(tracking_uri: str, timeout_seconds: float = 5.0) -> None:
+    """Fail fast, naming the URI, when the store cannot be used (MLflow itself retries for minutes)."""
+    if _is_file_store(tracking_uri):
+        raise TrackingError(
+            f"MLflow store {tracking_uri}: file stores are not supported by this MLflow; use "
+            "sqlite:///<dir>/mlflow.db (`mlflow migrate-filestore` moves existing runs into one)"
+        )
+    if is_server(tracking_uri):
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_seconds) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise TrackingError(f"MLflow tracking server {tracking_uri} is unreachable: {reason}") from None
+    db_path = sqlite_path(tracking_uri)
+    if db_path is not None:
+        try:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TrackingError(f"MLflow store {tracking_uri}: cannot create {db_path.parent}: {error}") from None
+
+
+def store_exists(tracking_uri: str) -> bool:
+    """False only for a SQLite store whose file is missing (nothing was ever logged there)."""
+    db_path = sqlite_path(tracking_uri)
+    return db_path is None or db_path.exists()
+
+
+# --- the store -------------------------------------------------------------------------
+
+
+class Store:
+    """One tracking store (``uri``): experiments, runs, params, metrics, tags and artifacts."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.uri = tracking_uri
+        self._client = MlflowClient(tracking_uri)
+
+    @classmethod
+    def open_existing(cls, tracking_uri: str) -> Store:
+        """An existing store; ``TrackingError`` naming the URI otherwise (a store is never created)."""
+        if not store_exists(tracking_uri):
+            raise TrackingError(f"MLflow store {tracking_uri} does not exist (no runs were logged there)")
+        check_reachable(tracking_uri)
+        return cls(tracking_uri)
+
+    # experiments
+
+    def experiment_id(self, name: str) -> str | None:
+        """The id of experiment ``name``, or None where it does not exist."""
+        experiment = self._client.get_experiment_by_name(name)
+        return None if experiment is None else experiment.experiment_id
+
+    def get_or_create_experiment(self, name: str, artifact_location: str | None) -> str:
+        """The id of experiment ``name``, created if missing (safe when parallel jobs race to create it)."""
+        found = self.experiment_id(name)
+        if found is not None:
+            return found
+        try:
+            return self._client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:
+            found = self.experiment_id(name)
+            if found is None:
+                raise
+            return found
+
+    def require_experiment(self, name: str) -> str:
+        """The id of experiment ``name``; ``TrackingError`` naming it and the store when it is missing."""
+        found = self.experiment_id(name)
+        if found is None:
+            known = ", ".join(sorted(e.name for e in self._client.search_experiments()))
+            raise TrackingError(f"experiment '{name}' not found in {self.uri} (experiments there: {known or 'none'})")
+        return found
+
+    def experiment_name(self, experiment_id: str) -> str:
+        return self._client.get_experiment(experiment_id).name
+
+    # finding runs
+
+    def search_runs(
+        self,
+        experiment_id: str,
+        filter_string: str = "",
+        order_by: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[Run]:
+        """Every run matching ``filter_string`` (all pages), or the first ``limit`` of them."""
+        runs: list[Run] = []
+        token = None
+        while limit is None or len(runs) < limit:
+            page_size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(runs))
+            page = self._client.search_runs(
+                [experiment_id], filter_string, max_results=page_size, order_by=list(order_by or ()), page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        return runs
+
+    def newest_run(self, experiment_id: str, filter_string: str) -> Run | None:
+        """The most recently started run matching ``filter_string``."""
+        found = self.search_runs(experiment_id, filter_string, ["attributes.start_time DESC"], limit=1)
+        return found[0] if found else None
+
+    def runs_with_fingerprint(self, experiment_id: str, fingerprint: str, statuses: Iterable[str]) -> list[Run]:
+        """Runs of the experiment with this config fingerprint and one of ``statuses``, newest first."""
+        wanted = set(statuses)
+        runs = self.search_runs(
+            experiment_id, f"tags.{FINGERPRINT_TAG} = '{fingerprint}'", ["attributes.start_time DESC"]
+        )
+        return [run for run in runs if run.info.status in wanted]
+
+    def running_runs(self, experiment_id: str) -> list[Run]:
+        return self.search_runs(experiment_id, "attributes.status = 'RUNNING'")
+
+    def children(self, parent: Run) -> list[Run]:
+        """The runs whose parent is ``parent``, newest first."""
+        return self.search_runs(
+            parent.info.experiment_id,
+            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'",
+            ["attributes.start_time DESC"],
+        )
+
+    def get_run(self, run_id: str) -> Run:
+        return self._client.get_run(run_id)
+
+    def metric_history(self, run_id: str, key: str) -> list[Metric]:
+        return self._client.get_metric_history(run_id, key)
+
+    # a run's life
+
+    def create_run(
+        self, experiment_id: str, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None
+    ) -> str:
+        """Create a RUNNING run (a child of ``parent_run_id`` when given) and return its id."""
+        all_tags = {MLFLOW_RUN_NAME: run_name, MLFLOW_SOURCE_NAME: "lenet_sweep", **tags}
+        if parent_run_id:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        return self._client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
+
+    def reopen_run(self, run_id: str) -> None:
+        """Mark an ended run RUNNING again, clearing the reason it ended with."""
+        if FAILURE_TAG in self.get_run(run_id).data.tags:
+            self._client.delete_tag(run_id, FAILURE_TAG)
+        self._client.update_run(run_id, status="RUNNING")
+
+    def end_run(self, run_id: str, status: str, reason: str | None = None) -> None:
+        """Mark the run FINISHED, FAILED or KILLED, recording ``reason`` as a tag when given."""
+        if reason:
+            # MLflow caps tag values; the start of the message says what happened.
+            self._client.set_tag(run_id, FAILURE_TAG, reason[:4000])
+        self._client.set_terminated(run_id, status=status)
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        items = [Param(key, "None" if value is None else str(value)) for key, value in params.items()]
+        for start in range(0, len(items), PARAM_BATCH):
+            self._client.log_batch(run_id, params=items[start : start + PARAM_BATCH])
+
+    def log_param_once(self, run_id: str, key: str, value: str) -> bool:
+        """Log param ``key`` unless the run already has it with another value; whether it holds ``value`` now.
+
+        Params never change once logged, and SQL stores enforce that with a unique key, so of
+        two processes racing to log one key with different values exactly one succeeds.
+        """
+        try:
+            self._client.log_param(run_id, key, value)
+        except MlflowException as error:
+            if error.error_code != "INVALID_PARAMETER_VALUE":
+                raise
+            return self.get_run(run_id).data.params.get(key) == value
+        return True
+
+    def log_metrics(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
+        """All ``metrics`` at ``step`` in one request (for a job's epochs, step = epoch)."""
+        timestamp_ms = int(time.time() * 1000)
+        self._client.log_batch(
+            run_id, metrics=[Metric(key, value, timestamp_ms, step) for key, value in metrics.items()]
+        )
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        self._client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+    def delete_tag(self, run_id: str, key: str) -> None:
+        self._client.delete_tag(run_id, key)
+
+    # artifacts and inputs
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self._client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_artifacts(self, run_id: str, directory: Path, artifact_path: str | None = None) -> None:
+        self._client.log_artifacts(run_id, str(directory), artifact_path)
+
+    def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
+        self._client.log_figure(run_id, figure, artifact_file)
+
+    def log_dict(self, run_id: str, dictionary: Any, artifact_file: str) -> None:
+        self._client.log_dict(run_id, dictionary, artifact_file)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self._client.log_text(run_id, text, artifact_file)
+
+    def download_artifact(self, run_id: str, path: str, directory: Path) -> Path:
+        return Path(self._client.download_artifacts(run_id, path, str(directory)))
+
+    def log_dataset_input(
+        self,
+        run_id: str,
+        name: str,
+        digest: str,
+        source: str,
+        profile: str,
+        input_tags: Mapping[str, str],
+    ) -> None:
+        """Record a data set as the run's MLflow dataset input (shown on the run's page in the UI)."""
+        entity = Dataset(name=name, digest=digest, source_type="local", source=source, profile=profile)
+        dataset_input = DatasetInput(entity, [InputTag(key, value) for key, value in input_tags.items()])
+        try:
+            self._client.log_inputs(run_id, datasets=[dataset_input])
+        except MlflowException:  # a parallel job registered the same data set first: it exists now, so use it
+            self._client.log_inputs(run_id, datasets=[dataset_input])
