@@ -277,6 +277,7 @@ def train_run(active: ActiveRun) -> JobResult:
         interrupt = ownership.OwnershipLost(heartbeat.lost_reason) if heartbeat.lost else caught
         reason = f"interrupted: {interrupt or 'Ctrl-C'}"
         if not heartbeat.taken_over:
+            log.warning("%s %s; ending run %s KILLED", active.name, reason, run_id)
             _end_quietly(runs, run_id, "KILLED", reason)
         raise JobKilled(JobResult("KILLED", active.name, run_id, reason=reason), interrupt) from interrupt
     except BaseException as error:

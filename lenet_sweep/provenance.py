@@ -61,30 +61,30 @@ def code_of_run(run: Run) -> CodeVersion:
     return CodeVersion(tags.get(MLFLOW_GIT_COMMIT) or None, tags.get(DIRTY_TAG) or None)
 
 
-def _git(*args: str) -> str | None:
+def _git(directory: Path, *args: str) -> str | None:
     try:
-        result = subprocess.run(["git", "-C", str(PACKAGE_DIR), *args], capture_output=True, timeout=10, check=True)
+        result = subprocess.run(["git", "-C", str(directory), *args], capture_output=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.decode(errors="replace")
 
 
-def code_version() -> CodeVersion:
-    """The git commit of the checkout this package runs from, and a digest of its uncommitted changes.
+def code_version(package_dir: Path = PACKAGE_DIR) -> CodeVersion:
+    """The git commit of the checkout ``package_dir`` (this package) is in, and a digest of its uncommitted changes.
 
     The changes are ``git diff HEAD`` plus every untracked file git does not ignore, under the
-    package and ``conf/``: a new module is a change too. A package that git does not track (an
-    installed wheel, even one inside some other repository's virtual environment) has no commit.
+    package and ``conf/`` beside it: a new module is a change too. A package that git does not
+    track (an installed wheel, even one inside some other repository's virtual environment) has no commit.
     """
-    if _git("ls-files", "--error-unmatch", "__init__.py") is None:
+    if _git(package_dir, "ls-files", "--error-unmatch", "__init__.py") is None:
         return CodeVersion(None)
-    commit = (_git("rev-parse", "HEAD") or "").strip() or None
-    digest = hashlib.sha256((_git("diff", "HEAD", "--", ".", "../conf") or "").encode())
-    untracked = (_git("ls-files", "-z", "--others", "--exclude-standard", "--", ".", "../conf") or "").split("\0")
-    for name in sorted(filter(None, untracked)):
+    commit = (_git(package_dir, "rev-parse", "HEAD") or "").strip() or None
+    digest = hashlib.sha256((_git(package_dir, "diff", "HEAD", "--", ".", "../conf") or "").encode())
+    listed = _git(package_dir, "ls-files", "-z", "--others", "--exclude-standard", "--", ".", "../conf") or ""
+    for name in sorted(filter(None, listed.split("\0"))):
         digest.update(f"\0new file {name}\0".encode())
         try:
-            digest.update((PACKAGE_DIR / name).read_bytes())
+            digest.update((package_dir / name).read_bytes())
         except OSError:  # gone since git listed it
             pass
     changed = digest.hexdigest() != hashlib.sha256(b"").hexdigest()

@@ -74,13 +74,19 @@ def slurm_env():
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real ``mlflow server`` on a free loopback port over a temporary SQLite store; yields its URI."""
+def mlflow_server_process(tmp_path_factory):
+    """A real ``mlflow server`` on a free loopback port over a temporary SQLite store; yields (process, URI)."""
     root = tmp_path_factory.mktemp("mlflow-server")
     process, uri = start_mlflow_server(
         f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", free_port(), root / "server.log", env=cli_env()
     )
     try:
-        yield uri
+        yield process, uri
     finally:
         stop_process_group(process)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(mlflow_server_process):
+    """The URI of the module's ``mlflow server``."""
+    return mlflow_server_process[1]

@@ -525,3 +525,38 @@ def test_fit_on_cuda_matches_the_plain_model(subset):
     with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         path.module.eval(), model.eval()
         torch.testing.assert_close(path.module(data.test_x), model(data.test_x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_failed_build_says_the_compilers_first_error_keeps_its_log_and_is_tried_again_by_a_new_process(
+    tmp_path, monkeypatch
+):
+    calls = tmp_path / "calls"
+    compiler = tmp_path / "cc"
+    compiler.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "cc 1.0"; exit 0; fi\n'
+        f"echo build >> {calls}\n"
+        "echo 'conv1_block.c: In function conv1_forward:' >&2\n"
+        "echo 'conv1_block.c:12:5: error: unknown type name vf' >&2\n"
+        "echo 'conv1_block.c:40:1: error: expected declaration' >&2\n"
+        "exit 1\n"
+    )
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(kernels, "_failed", {})
+    monkeypatch.setattr(kernels, "_loaded", {})
+    sse = next(isa for isa in kernels.ISAS if isa.name == "sse")
+    with pytest.raises(kernels.Unavailable) as failed:
+        kernels.load(sse)
+    message = str(failed.value)
+    assert "conv1_block.c:12:5: error: unknown type name vf" in message and "expected declaration" not in message
+    (log,) = (tmp_path / "cache" / "lenet-sweep").glob("*.log")
+    assert f"(whole log: {log})" in message and "expected declaration" in log.read_text()
+    with pytest.raises(kernels.Unavailable):
+        kernels.load(sse)
+    assert calls.read_text().count("build") == 1, "one process builds once"
+    monkeypatch.setattr(kernels, "_failed", {})  # what a new process starts with
+    with pytest.raises(kernels.Unavailable):
+        kernels.load(sse)
+    assert calls.read_text().count("build") == 2, "a new process tries the build again"

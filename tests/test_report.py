@@ -211,14 +211,16 @@ def test_the_runner_hooks_report_a_sweep_and_plot_a_run(store, tmp_path):
     """The calls the sweep callback and the job make: build_report for the sweep's runs, plot_run_curves."""
     from lenet_sweep.figures import plot_run_curves
     from lenet_sweep.report import build_report, run_ids_filter
+    from lenet_sweep.store import Store
 
     client, every_run = runs_of(store, children_only=False)
     (parent,) = [r for r in every_run if r.data.tags.get("sweep") == "true"]
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 8
     job_run_ids = [r.info.run_id for r in every_run if r is not parent]  # 4 FINISHED, 4 FAILED
+    runs = Store(client.tracking_uri)
     report = build_report(
-        client, parent.info.experiment_id, tmp_path / "sweep", filter_string=run_ids_filter(job_run_ids)
+        runs, parent.info.experiment_id, tmp_path / "sweep", filter_string=run_ids_filter(job_run_ids)
     )
     assert sorted(report.table["label"]) == ["lenet", "mlp"] and list(report.table["seeds"]) == [2, 2]
     assert {p.name for p in report.files} == {p.name for p in (tmp_path / "sweep").iterdir()}

@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.helpers.cli import run_cli, start_cli
 from tests.helpers.runs import METRICS, assert_one_parent_with_children, steps
+from tests.helpers.services import paused
 
 pytestmark = pytest.mark.slow  # SLURM, CLI sweeps and an MLflow server
 
@@ -26,17 +27,27 @@ def start_sweep(args, workdir, slurm_env) -> subprocess.Popen:
 
 
 def interrupted_sweep(mlflow_server: str, experiment: str, *overrides: str) -> list[str]:
-    """A SLURM sweep of 4-epoch jobs whose epochs last long enough that a signal lands mid-run."""
+    """A SLURM sweep of 4-epoch jobs, logging to ``mlflow_server``; the test signals one while the server is paused."""
     return [
         "-m",
         *SLURM,
         *overrides,
         "train.epochs=4",
-        "data.train_limit=20000",
-        "data.test_limit=500",
+        "data.train_limit=600",
+        "data.test_limit=200",
         f"mlflow.tracking_uri={mlflow_server}",
         f"mlflow.experiment={experiment}",
     ]
+
+
+def wait_for_job_log(workdir, text: str, timeout_s: float = 120) -> None:
+    """Poll the sweep's SLURM job logs (submitit's ``*_log.out``/``.err``) until one holds ``text``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(text in log.read_text(errors="replace") for log in (workdir / "outputs").rglob("*_log.*")):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no job log says {text!r}")
 
 
 def first_run_with_an_epoch(uri, experiment, wanted=lambda run: True, timeout_s=240):
@@ -71,15 +82,17 @@ def test_grid_through_slurm_into_a_tracking_server(workdir, slurm_env, mlflow_se
             assert steps(client, run.info.run_id, key) == [1, 2]
 
 
-def test_scancel_of_one_job_is_reported_killed_and_a_relaunch_finishes_it(workdir, slurm_env, mlflow_server):
+def test_scancel_of_one_job_is_reported_killed_and_a_relaunch_finishes_it(workdir, slurm_env, mlflow_server_process):
+    server, mlflow_server = mlflow_server_process
     experiment = "preemption"
     args = interrupted_sweep(mlflow_server, experiment, "model=lenet,mlp")
     sweep = start_sweep(args, workdir, slurm_env)
     client = MlflowClient(mlflow_server)
     lenet = first_run_with_an_epoch(mlflow_server, experiment, lambda r: r.data.params.get("model.name") == "lenet")
-    # SLURM 22.05 cancels an array task by its <array job>_<task> name only; job 0 of the sweep is lenet.
-    tasks = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm_env, capture_output=True, text=True).stdout.split()
-    subprocess.run(["scancel", *[t for t in tasks if t.endswith("_0")]], env=slurm_env, check=True)
+    with paused(server):  # the job can log no further epoch, so the cancel lands mid-run whatever an epoch takes
+        # SLURM 22.05 cancels an array task by its <array job>_<task> name only: the run's slurm_job_id tag.
+        subprocess.run(["scancel", lenet.data.tags["slurm_job_id"]], env=slurm_env, check=True)
+        wait_for_job_log(workdir, f"ending run {lenet.info.run_id} KILLED")
     output, _ = sweep.communicate(timeout=240)
     assert sweep.returncode == 1, output[-3000:]
     assert "Sweep summary: 2 jobs: 1 finished, 0 failed, 1 killed" in output, output[-3000:]
@@ -100,7 +113,8 @@ def test_scancel_of_one_job_is_reported_killed_and_a_relaunch_finishes_it(workdi
     assert_one_parent_with_children(every_run, 2, skipped=1)
 
 
-def test_a_job_out_of_time_requeues_itself_and_finishes_its_run(workdir, slurm_env, mlflow_server):
+def test_a_job_out_of_time_requeues_itself_and_finishes_its_run(workdir, slurm_env, mlflow_server_process):
+    server, mlflow_server = mlflow_server_process
     experiment = "requeue"
     # Under 10 minutes, submitit counts a job signalled at any time as out of time (not preempted).
     # Not 1 minute: SLURM would then send its own warning signal as the requeued job starts,
@@ -111,8 +125,9 @@ def test_a_job_out_of_time_requeues_itself_and_finishes_its_run(workdir, slurm_e
     run = first_run_with_an_epoch(mlflow_server, experiment)
     # What SLURM sends signal_delay_s before the time limit (sent now, so the test need not wait for it):
     # submitit requeues the job, one of its max_num_timeout requeues.
-    (task,) = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm_env, capture_output=True, text=True).stdout.split()
-    subprocess.run(["scancel", "--signal=USR2", task], env=slurm_env, check=True)
+    with paused(server):  # the job can log no further epoch, so the signal lands mid-run whatever an epoch takes
+        subprocess.run(["scancel", "--signal=USR2", run.data.tags["slurm_job_id"]], env=slurm_env, check=True)
+        wait_for_job_log(workdir, f"ending run {run.info.run_id} KILLED")
     output, _ = sweep.communicate(timeout=300)
     assert sweep.returncode == 0, output[-3000:]
     assert "Sweep summary: 1 jobs: 1 finished, 0 failed, 0 killed" in output, output[-3000:]

@@ -1,5 +1,5 @@
-"""What a sweep will launch: ``sweep.sweep_job_overrides`` (the project's one use of Hydra's private API) and
-the presets it expands, each job composed as Hydra composes it."""
+"""What a sweep will launch: ``sweep.sweep_job_overrides`` (through ``hydra_internals``, where every use of
+Hydra's private API is fenced) and the presets it expands, each job composed as Hydra composes it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from lenet_sweep import __main__ as cli_module
+from lenet_sweep import hydra_internals
 from lenet_sweep.config import register_configs
 from lenet_sweep.sweep import sweep_job_overrides
 from tests.helpers.cli import REPO, SMALL, run_cli, runs_of
@@ -80,3 +82,15 @@ def test_both_spellings_of_the_preset_run_its_sweep(workdir, preset):
     assert "Sweep summary: 3 jobs: 3 finished" in result.stdout
     _, runs = runs_of(workdir)
     assert sorted((r.data.params["model.name"], r.data.params["seed"]) for r in runs) == [("mlp", s) for s in "012"]
+
+
+def test_hydras_usage_errors_are_told_from_other_value_errors(monkeypatch):
+    """Fails, naming the Hydra release, when Hydra checks its flags elsewhere than hydra/_internal/utils.py."""
+    monkeypatch.setattr("sys.argv", ["lenet_sweep", "-m", "--cfg", "job"])
+    with pytest.raises(ValueError) as usage:
+        cli_module.main()
+    assert hydra_internals.is_usage_error(usage.value), f"Hydra {hydra.__version__}"
+    try:
+        int("not a number")
+    except ValueError as other:
+        assert not hydra_internals.is_usage_error(other)

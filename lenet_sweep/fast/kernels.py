@@ -18,7 +18,6 @@ kernels from running here raises ``Unavailable`` with a one-line reason.
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import os
 import platform
@@ -134,8 +133,19 @@ def requested_isa() -> Isa:
     return known[name]
 
 
+def _first_error(compiler_output: str) -> str:
+    """The compiler's first ``error:`` line (its last line where none says so): what failed, in one line."""
+    lines = [line.strip() for line in compiler_output.splitlines() if line.strip()]
+    return next((line for line in lines if "error:" in line), lines[-1] if lines else "no output")
+
+
 def _build(compiler: str, isa: Isa) -> Path:
-    """The compiled kernels' library, built once per source, compiler, processor and instruction set."""
+    """The compiled kernels' library, built once per source, compiler, processor and instruction set.
+
+    A failed build raises ``RuntimeError`` with the compiler's first error and leaves its whole
+    output in ``<target>.log`` beside where the library would be; nothing of it is cached, so
+    the next process tries again (after a compiler update, say).
+    """
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     texts = [path.read_text() for path in SOURCES + HEADERS]
     flags = [*COMMON_FLAGS, *isa.flags]
@@ -147,38 +157,46 @@ def _build(compiler: str, isa: Isa) -> Path:
     # Built under a temporary name and renamed: parallel jobs never load a half-written file.
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        result = subprocess.run(
-            [compiler, *flags, "-o", str(built), *map(str, SOURCES)], capture_output=True, text=True
-        )
+        command = [compiler, *flags, "-o", str(built), *map(str, SOURCES)]
+        result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed")
+            log = target.with_suffix(".log")
+            log.write_text(" ".join(command) + "\n" + result.stdout + result.stderr)
+            raise RuntimeError(f"{_first_error(result.stderr or result.stdout)} (whole log: {log})")
         os.replace(built, target)
     return target
 
 
-@functools.cache
-def _load(isa: Isa) -> Library | Unavailable:
+# This process's builds: loaded libraries, and why a build failed (a message, tried again by the next process).
+_loaded: dict[str, Library] = {}
+_failed: dict[str, str] = {}
+
+
+def _load(isa: Isa) -> Library:
+    if isa.name in _loaded:
+        return _loaded[isa.name]
+    if isa.name in _failed:
+        raise Unavailable(_failed[isa.name])
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
-        return Unavailable(f"no C compiler ({compiler}) to build LeNet-5's block kernels")
+        raise Unavailable(f"no C compiler ({compiler}) to build LeNet-5's block kernels")
     try:
         path = _build(compiler, isa)
         cdll = ctypes.CDLL(str(path))
     except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
-        return Unavailable(f"could not build LeNet-5's block kernels ({CSRC}) for {isa.name} with {compiler}: {error}")
+        _failed[isa.name] = f"could not build LeNet-5's block kernels ({CSRC}) for {isa.name} with {compiler}: {error}"
+        raise Unavailable(_failed[isa.name]) from None
     cdll.conv1_forward.argtypes = [_P, _P, _P, ctypes.c_int64, _P, _P, _P, ctypes.c_int]
     cdll.conv1_backward.argtypes = [_P, _P, _P, _P, ctypes.c_int64, _P, _P, ctypes.c_int]
     cdll.conv2_forward.argtypes = [_P, _P, _P, ctypes.c_int64, _P, _P, _P, ctypes.c_int]
     cdll.conv2_backward.argtypes = [_P, _P, _P, _P, _P, ctypes.c_int64, _P, _P, _P, ctypes.c_int]
-    return Library(isa.name, cdll.lenet_lanes(), path, cdll)
+    _loaded[isa.name] = Library(isa.name, cdll.lenet_lanes(), path, cdll)
+    return _loaded[isa.name]
 
 
 def load(isa: Isa) -> Library:
-    """The kernels built for ``isa`` (once per process); raises ``Unavailable``."""
-    result = _load(isa)
-    if isinstance(result, Unavailable):
-        raise result
-    return result
+    """The kernels built for ``isa`` (built or loaded once per process); raises ``Unavailable``."""
+    return _load(isa)
 
 
 def library() -> Library:

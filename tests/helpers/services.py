@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 # A fresh, quiet headless Chromium that runs as root and never reaches beyond loopback.
@@ -129,6 +130,17 @@ def stop_process_group(process: subprocess.Popen, grace_seconds: float = 15) -> 
         except ProcessLookupError:
             pass
     process.wait()
+
+
+@contextmanager
+def paused(process: subprocess.Popen):
+    """Inside, every process of ``process``'s group is stopped (SIGSTOP): a server that takes connections
+    and never answers, as an overloaded or hung one does; continued (SIGCONT) on the way out."""
+    os.killpg(process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGCONT)
 
 
 def find_chromium() -> str | None:
