@@ -119,6 +119,9 @@ class DataConfig:
     test_limit: int | None = None
     # Seed of the class-balanced subset; fixed so every run of a sweep sees the same subset.
     subset_seed: int = 0
+    # Validation samples held out of the training set (class-balanced, seed data.subset_seed, taken
+    # before data.train_limit cuts the rest) and never trained on; 0: no validation split.
+    val_size: int = 0
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "data.name", self.name, "must not be empty")
@@ -127,6 +130,7 @@ class DataConfig:
         for key in ("train_limit", "test_limit"):
             limit = getattr(self, key)
             _require(limit is None or limit >= 10, f"data.{key}", limit, "must be null or >= 10 (one per class)")
+        _require(self.val_size == 0 or self.val_size >= 10, "data.val_size", self.val_size, "must be 0 or >= 10")
         if self.format == "png_dir":
             _require(self.train_dir is not None, "data.train_dir", None, "is required with data.format=png_dir")
             _require(self.test_dir is not None, "data.test_dir", None, "is required with data.format=png_dir")

@@ -146,6 +146,19 @@ def limit_split(split: Split, limit: int | None, seed: int) -> Split:
     return Split(split.images[keep], split.labels[keep])
 
 
+def split_off(split: Split, size: int, seed: int) -> tuple[Split, Split]:
+    """``split`` as (the rest, a held-out class-balanced subset of ``size`` samples, ``balanced_subset``).
+
+    Raises ``DataError`` when ``size`` leaves nothing to train on.
+    """
+    if size >= len(split):
+        raise DataError(f"data.val_size={size}: must be smaller than the training set ({len(split)} samples)")
+    held_out = balanced_subset(split.labels, size, seed)
+    rest = torch.ones(len(split), dtype=torch.bool)
+    rest[held_out] = False
+    return Split(split.images[rest], split.labels[rest]), Split(split.images[held_out], split.labels[held_out])
+
+
 def to_model_input(
     images: torch.Tensor, device: torch.device | str = "cpu", mean: float = MNIST_MEAN, std: float = MNIST_STD
 ) -> torch.Tensor:

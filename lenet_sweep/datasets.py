@@ -30,6 +30,7 @@ from lenet_sweep.data import (
     limit_split,
     load_idx_split,
     load_png_dir,
+    split_off,
 )
 
 # The MLflow input tag that says what a run used the data set for (mlflow.utils.mlflow_tags).
@@ -74,6 +75,7 @@ class LoadedDataset:
     digest: str  # dataset_digest of the files read, whatever the subset
     source: str  # the directory the files were read from
     file_samples: tuple[int, int]  # train and test samples in the files, before any subset
+    val: Split | None = None  # held out of the training files (data.val_size), never trained on
 
 
 def dataset_digest(file_md5s: Mapping[str, str]) -> str:
@@ -143,10 +145,14 @@ def load_dataset(
     train_limit: int | None = None,
     test_limit: int | None = None,
     subset_seed: int = 0,
+    val_size: int = 0,
 ) -> LoadedDataset:
     """Load ``spec`` in ``fmt`` (``idx`` or ``png_dir``), optionally cut to class-balanced subsets.
 
-    Cached per process: a multirun's jobs in one process decode the files once.
+    With ``val_size``, that many training samples (class-balanced, seeded by ``subset_seed``) are
+    held out as the validation split before ``train_limit`` cuts the rest: the validation split is
+    the same whatever the training subset. Cached per process: a multirun's jobs in one process
+    decode the files once.
     """
     if fmt == "idx":
         directory = locate_idx_dir(spec, None if root is None else Path(root), download)
@@ -164,13 +170,18 @@ def load_dataset(
         source, digest = os.path.commonpath([train_dir, test_dir]), dataset_digest(file_md5s)
     else:
         raise DataError(f"unknown data format {fmt!r}")
+    file_samples = (len(train), len(test))
+    val = None
+    if val_size:
+        train, val = split_off(train, val_size, subset_seed)
     return LoadedDataset(
         spec.name,
         limit_split(train, train_limit, subset_seed),
         limit_split(test, test_limit, subset_seed),
         digest,
         source,
-        (len(train), len(test)),
+        file_samples,
+        val,
     )
 
 
@@ -201,5 +212,6 @@ def log_dataset_input(runs, run_id: str, dataset: LoadedDataset) -> None:
             CONTEXT_TAG: "train+test",
             "train_samples": str(len(dataset.train)),
             "test_samples": str(len(dataset.test)),
+            **({} if dataset.val is None else {"val_samples": str(len(dataset.val))}),
         },
     )

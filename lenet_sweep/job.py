@@ -29,6 +29,7 @@ from lenet_sweep.provenance import Provenance, code_version
 from lenet_sweep.results import JobKilled, JobResult, ParentRun
 from lenet_sweep.store import Store
 from lenet_sweep.train import DeviceData, EpochMetrics, fit, make_optimizer
+from lenet_sweep.trial import TRIAL_STATE_TAG, TrialPruned, TrialReporter
 
 log = logging.getLogger(__name__)
 CLAIM_ATTEMPTS = 3  # decisions retried when another launcher claims the chosen run first
@@ -107,6 +108,7 @@ def load_job_dataset(cfg: Config, start_dir: Path) -> LoadedDataset:
         d.train_limit,
         d.test_limit,
         d.subset_seed,
+        d.val_size,
     )
 
 
@@ -116,6 +118,8 @@ def _device_data(dataset: LoadedDataset, mean: float, std: float, device: torch.
         dataset.train.labels.to(device),
         to_model_input(dataset.test.images, device, mean, std),
         dataset.test.labels.to(device),
+        None if dataset.val is None else to_model_input(dataset.val.images, device, mean, std),
+        None if dataset.val is None else dataset.val.labels.to(device),
     )
 
 
@@ -155,6 +159,7 @@ class ActiveRun:
     ctx: JobContext
     params: dict[str, Any]
     tags: dict[str, str]
+    trial: TrialReporter | None = None  # the Optuna trial this job runs, which it reports each epoch to
 
     @property
     def run_id(self) -> str:
@@ -180,6 +185,7 @@ def run_job(cfg: Config, ctx: JobContext) -> JobResult:
     if ctx.parent is None:  # in a multirun the launching process did this before any job started
         close_orphans(runs, experiment_id, stale_after_seconds)
     provenance = Provenance(code_version(), data_digest=dataset.digest)
+    trial = TrialReporter.from_environment()  # set by the Optuna sweeper (hydra/sweeper=optuna)
     training = None
     for _ in range(CLAIM_ATTEMPTS):
         decision = decide(runs, experiment_id, fingerprint, cfg.sweep.skip_finished, cfg.sweep.resume, provenance)
@@ -204,7 +210,10 @@ def run_job(cfg: Config, ctx: JobContext) -> JobResult:
     )
     params = {**flat_config, "n_params": count_parameters(training.model)}
     tags = {**provenance.tags(), store.CONFIG_GROUP_TAG: identity.config_group(flat_config)}
-    return train_run(ActiveRun(runs, run, name, training, cfg, ctx, params, tags))
+    if trial is not None:
+        tags.update(trial.run_tags())
+        trial.attach_run(run.run_id)
+    return train_run(ActiveRun(runs, run, name, training, cfg, ctx, params, tags, trial))
 
 
 def close_orphans(runs: Store, experiment_id: str, stale_after_seconds: float) -> None:
@@ -269,9 +278,15 @@ def train_run(active: ActiveRun) -> JobResult:
     try:
         with heartbeat:
             history = _prepare_run(active)
+            if active.trial is not None:  # a retried trial continues its run: the study hears the epochs so far
+                active.trial.replay(history)
             _train(active, history, heartbeat)
             _log_final_artifacts(runs, run_id, active.training.model, active.ctx.output_dir)
             _log_learning_curves(runs, run_id, history, active.name)
+    except TrialPruned as pruned:  # the study's pruner stopped it: the run ends as trained so far
+        runs.set_tags(run_id, {TRIAL_STATE_TAG: "PRUNED"})
+        runs.end_run(run_id, "FINISHED")
+        return JobResult("PRUNED", active.name, run_id, reason=str(pruned))
     except KeyboardInterrupt as caught:
         # A lost heartbeat interrupts with SIGINT, or the check after an epoch raises OwnershipLost.
         interrupt = ownership.OwnershipLost(heartbeat.lost_reason) if heartbeat.lost else caught
@@ -311,6 +326,8 @@ def _train(active: ActiveRun, history: list[dict[str, float]], heartbeat: owners
         log.info("%s", metrics.log_line())
         if active.ctx.epoch_hook is not None:
             active.ctx.epoch_hook(metrics)
+        if active.trial is not None:  # after the epoch is saved and logged: a pruned run keeps what it trained
+            active.trial.report(metrics.epoch, metrics.as_dict())
 
     fit(
         training.trained_model,

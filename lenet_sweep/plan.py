@@ -103,6 +103,8 @@ def _reuse(run: Run, skip_finished: str, provenance: Provenance) -> tuple[bool, 
     """Whether the FINISHED ``run`` stands for this job, and the reason either way."""
     if not provenance.same_data_as(run):
         return False, "other data"
+    if run.data.tags.get(store.TRIAL_STATE_TAG) == "PRUNED":
+        return False, "a search pruned it before its last epoch"
     theirs = code_of_run(run)
     if theirs == provenance.code and provenance.code.clean:
         return True, "same config, same data, same code"

@@ -14,12 +14,12 @@ from pathlib import Path
 
 STATUS_FILE = "job_status.json"
 PARENT_RUN_FILE = "mlflow_parent_run.json"
-STATUSES = ("FINISHED", "FAILED", "KILLED", "SKIPPED")
+STATUSES = ("FINISHED", "FAILED", "KILLED", "SKIPPED", "PRUNED")
 
 
 @dataclass
 class JobResult:
-    status: str  # FINISHED, FAILED, KILLED or SKIPPED
+    status: str  # FINISHED, PRUNED (an Optuna trial stopped early; its run is FINISHED), FAILED, KILLED or SKIPPED
     run_name: str
     run_id: str | None = None
     reason: str | None = None

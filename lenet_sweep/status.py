@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lenet_sweep import ownership, store
-from lenet_sweep.store import Run, Store, StoreRefused
+from lenet_sweep.store import TRIAL_STATE_TAG, Run, Store, StoreRefused
 
 
 class StatusError(RuntimeError):
@@ -29,7 +29,7 @@ class StatusError(RuntimeError):
 
 @dataclass(frozen=True)
 class JobStatus:
-    status: str  # FINISHED, RUNNING, FAILED, KILLED, or MISSING (never started)
+    status: str  # FINISHED, PRUNED (an Optuna trial stopped early), RUNNING, FAILED, KILLED, or MISSING (never started)
     run_name: str
     epochs_done: int
     epochs_total: int | None
@@ -115,8 +115,11 @@ def _status_of(runs: Store, job: dict, run: Run | None, now: float) -> JobStatus
     history = runs.metric_history(run.info.run_id, "test_acc")
     last = max(history, key=lambda m: m.step, default=None)
     total = run.data.params.get("train.epochs")
+    status = run.info.status
+    if status == "FINISHED" and run.data.tags.get(TRIAL_STATE_TAG) == "PRUNED":
+        status = "PRUNED"  # its study's pruner stopped it early: done, not failed
     return JobStatus(
-        run.info.status,
+        status,
         run.info.run_name,
         last.step if last else 0,
         int(total) if total else job.get("epochs"),
@@ -150,8 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"sweep {parent.info.run_id} ({parent.info.run_name}): {parent.info.status}")
     print(format_table(statuses))
     finished = sum(s.status == "FINISHED" for s in statuses)
-    print(f"{finished} of {len(statuses)} jobs FINISHED")
-    return 0 if statuses and finished == len(statuses) else 1
+    pruned = sum(s.status == "PRUNED" for s in statuses)
+    print(f"{finished} of {len(statuses)} jobs FINISHED" + (f", {pruned} PRUNED" if pruned else ""))
+    return 0 if statuses and finished + pruned == len(statuses) else 1
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ class DeviceData:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    # The validation split (data.val_size), evaluated after every epoch like the test set; None without one.
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -45,19 +48,26 @@ class EpochMetrics:
     test_loss: float
     test_acc: float  # percent
     epoch_seconds: float
+    val_loss: float | None = None  # None without a validation split
+    val_acc: float | None = None  # percent
 
     def as_dict(self) -> dict[str, float]:
-        return {
+        """The metrics a run logs for the epoch; ``val_*`` only with a validation split."""
+        metrics = {
             "train_loss": self.train_loss,
             "train_acc": self.train_acc,
             "test_loss": self.test_loss,
             "test_acc": self.test_acc,
             "epoch_seconds": self.epoch_seconds,
         }
+        if self.val_acc is not None:
+            metrics.update(val_loss=self.val_loss, val_acc=self.val_acc)
+        return metrics
 
     def log_line(self) -> str:
+        val = "" if self.val_acc is None else f"Val Loss {self.val_loss:.4f}, Val Acc {self.val_acc:.2f}% | "
         return (
-            f"Epoch {self.epoch}: Train Loss {self.train_loss:.4f}, Train Acc {self.train_acc:.2f}% | "
+            f"Epoch {self.epoch}: Train Loss {self.train_loss:.4f}, Train Acc {self.train_acc:.2f}% | {val}"
             f"Test Loss {self.test_loss:.4f}, Test Acc {self.test_acc:.2f}% ({self.epoch_seconds:.2f}s)"
         )
 
@@ -174,7 +184,7 @@ def fit(
     on_epoch_end: Callable[[EpochMetrics], None] | None = None,
     progress_factory: Callable[[int, int], Callable[[int], None]] | None = None,
 ) -> list[EpochMetrics]:
-    """Train epochs ``start_epoch..epochs``, evaluating on the test set after each.
+    """Train epochs ``start_epoch..epochs``, evaluating on the validation split (if any) and the test set after each.
 
     ``on_epoch_end`` sees every epoch's metrics (logging, checkpoints). Raises
     ``DivergedError`` as soon as an epoch's training loss is not finite.
@@ -189,8 +199,12 @@ def fit(
         )
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss became {train_loss} in epoch {epoch}")
+        val_loss = val_acc = None
+        if data.val_x is not None:
+            val_loss, val_acc = evaluate(model, data.val_x, data.val_y, eval_batch_size, amp_dtype)
         test_loss, test_acc = evaluate(model, data.test_x, data.test_y, eval_batch_size, amp_dtype)
-        metrics = EpochMetrics(epoch, train_loss, train_acc, test_loss, test_acc, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        metrics = EpochMetrics(epoch, train_loss, train_acc, test_loss, test_acc, seconds, val_loss, val_acc)
         history.append(metrics)
         if on_epoch_end is not None:
             on_epoch_end(metrics)

@@ -1,0 +1,52 @@
+"""The check ``hydra/sweeper=optuna`` runs first among the multirun callbacks: bad input stops the launch
+with one line and exit code 2 before any trial, study or MLflow run exists; ``sweep.plan=true`` prints the
+study's plan and exits."""
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from lenet_sweep.config import ConfigError, one_line
+from lenet_sweep.data import DataError
+from lenet_sweep.job import load_job_dataset
+from lenet_sweep.search import check_jobs, describe, search_of
+from lenet_sweep.study import check_same_settings, load_existing_study, open_storage, remaining_trials, trial_counts
+
+
+class SearchCheck(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        start_dir = Path.cwd()
+        try:
+            search = search_of(config.hydra.sweeper, list(config.hydra.overrides.task), start_dir)
+            jobs = check_jobs(config, search)
+            load_job_dataset(jobs[0], start_dir)  # found and verified, with room for the validation split
+            storage = open_storage(search.storage_url, create=not config.sweep.plan)
+            study = load_existing_study(search.study_name, storage)
+            if study is not None:
+                check_same_settings(study.user_attrs, search.settings.stored(), search.study_name)
+        except (ConfigError, DataError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        except (HydraException, OmegaConfBaseException) as error:
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            sys.exit(2)
+        if config.sweep.plan:
+            print("\n".join(plan_lines(search, study)))
+            sys.exit(0)
+
+
+def plan_lines(search, study) -> list[str]:
+    """What a launch would do: the space, the trials so far by state, how many remain."""
+    trials = [] if study is None else study.get_trials(deepcopy=False)
+    counts = trial_counts(trials)
+    n_trials = search.settings.n_trials
+    so_far = ", ".join(f"{counts[state]} {state}" for state in ("complete", "pruned", "fail", "running", "waiting"))
+    existing = "a new study" if study is None else f"{so_far} ({counts['died']} died and retried)"
+    lines = describe(search)
+    lines.append(f"trials: {n_trials} in total; so far {existing}; {remaining_trials(n_trials, trials)} remain")
+    return lines
