@@ -76,9 +76,26 @@ def _earlier_value(key: str, value: Any) -> bool:
     return key in ADDED_WITH_EARLIER_VALUE and value == ADDED_WITH_EARLIER_VALUE[key]
 
 
+GROUP_HASH_CHARS = 6  # of the seedless fingerprint: unique among the configurations that share a readable name
+
+
 def config_group(flat: Mapping[str, Any]) -> str:
-    """The fingerprint of the config without its seed: equal across the seeds of one configuration."""
-    return config_fingerprint({key: value for key, value in flat.items() if key != "seed"})
+    """A readable tag equal across the seeds of one configuration and different between configurations.
+
+    ``lenet·flip·sgd·3fa9c1``: model (``+regularization`` when not the model's own), augmentation,
+    optimizer, the data set when not MNIST, then the start of the fingerprint of the config
+    without its seed. The name alone cannot be unique (two configurations may differ only in a
+    learning rate or a preset's value), so the short hash always follows it.
+    """
+    model = str(flat.get("model.name"))
+    regularization = flat.get("model.regularization.name", "none")
+    if regularization != "none" and flat.get("model.name") == flat.get("model.arch"):
+        model += f"+{regularization}"
+    parts = [model, str(flat.get("aug.name")), str(flat.get("optimizer.name"))]
+    if flat.get("data.name", "mnist") != "mnist":
+        parts.append(str(flat["data.name"]))
+    seedless = config_fingerprint({key: value for key, value in flat.items() if key != "seed"})
+    return "·".join([*parts, seedless[:GROUP_HASH_CHARS]])
 
 
 def sweep_fingerprint(overrides: Iterable[str], sweeper_params: Mapping[str, str]) -> str:

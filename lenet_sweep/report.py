@@ -27,6 +27,7 @@ import pandas as pd
 from scipy.stats import ttest_ind_from_stats
 
 from lenet_sweep import figures, identity, store
+from lenet_sweep.report_verdicts import verdict_section
 from lenet_sweep.store import Store, StoreRefused
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -405,6 +406,8 @@ def build_report(
     else:
         at = "each run's last logged epoch (* where a configuration's runs differ)"
     text, table_md = findings_by_dataset(table, keys, at), markdown_table(table, keys, include_failed)
+    verdicts = verdict_section(frame[frame["status"] == "FINISHED"], hist, keys, _label, epoch)  # report_verdicts
+    text += f"\n\n{verdicts}" if verdicts else ""
     where = f" matching `{filter_string}`" if filter_string else ""
     failed = int(table["failed"].sum())
     statuses = f"runs ({len(runs) - failed} FINISHED, {failed} FAILED/KILLED)" if include_failed else "FINISHED runs"
