@@ -63,6 +63,8 @@ mlflow-server: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/epoch_speed.py
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/packed_cpu.py
+	if $(BIN)/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then $(BIN)/python benchmarks/packed_gpu.py; fi
 
 ## N tiny parallel jobs against SQLite and against a server: runs and metric points expected vs found.
 stress: $(STAMP)

@@ -32,6 +32,9 @@ from lenet_sweep.train import DeviceData, EpochMetrics, fit, make_optimizer
 from lenet_sweep.trial import TRIAL_STATE_TAG, TrialPruned, TrialReporter
 
 log = logging.getLogger(__name__)
+# The training loop every job calls (``train.fit``). The one seam for launchers that train many jobs at
+# once: the packed launcher (hydra_plugins.lenet_sweep_packed) puts its own here for the length of its launch.
+training_loop = fit
 CLAIM_ATTEMPTS = 3  # decisions retried when another launcher claims the chosen run first
 
 
@@ -329,7 +332,7 @@ def _train(active: ActiveRun, history: list[dict[str, float]], heartbeat: owners
         if active.trial is not None:  # after the epoch is saved and logged: a pruned run keeps what it trained
             active.trial.report(metrics.epoch, metrics.as_dict())
 
-    fit(
+    training_loop(
         training.trained_model,
         training.optimizer,
         training.data,
