@@ -6,9 +6,12 @@ STAMP := $(VENV)/.installed-stamp
 UI_PORT ?= 5000
 SERVER_PORT ?= 5001
 SLURM_LOCAL_DIR ?= /tmp/lenet-sweep-slurm
+TEAM_HOST ?= 127.0.0.1
+TEAM_PORT ?= 5002
 
 .PHONY: sweep writeup test test-fast lint report ui ui-screenshot mlflow-server bench stress
 .PHONY: slurm-start slurm-stop slurm-status clean
+.PHONY: postgres-start postgres-stop postgres-status mlflow-server-team
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,9 +69,22 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/packed_cpu.py
 	if $(BIN)/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then $(BIN)/python benchmarks/packed_gpu.py; fi
 
-## N tiny parallel jobs against SQLite and against a server: runs and metric points expected vs found.
+## N tiny parallel jobs against SQLite, a server on SQLite and the team server on PostgreSQL (also restarted
+## mid-sweep): runs and metric points expected vs found (docs/reliability.md). Needs the package postgresql.
 stress: $(STAMP)
 	$(BIN)/python -m benchmarks.stress_tracking
+
+## The team setup (docs/team.md): a local PostgreSQL (eval "$$(make -s postgres-start | grep ^export)"), and the
+## tracking server on it behind MLflow's login; jobs: set -a; . outputs/team-server/jobs.env; set +a.
+## TEAM_HOST=0.0.0.0 serves other hosts: TLS in front first, and TEAM_ARGS='--allowed-hosts ...' (docs/team.md).
+postgres-start:
+	@scripts/postgres-local.sh start
+postgres-stop:
+	scripts/postgres-local.sh stop
+postgres-status:
+	@scripts/postgres-local.sh status
+mlflow-server-team: $(STAMP)
+	$(BIN)/python -m scripts.mlflow_team_server --host $(TEAM_HOST) --port $(TEAM_PORT) $(TEAM_ARGS)
 
 ## A one-node SLURM cluster on loopback (root; needs the packages slurm-wlm and munge).
 slurm-start:

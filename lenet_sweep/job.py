@@ -179,7 +179,8 @@ def run_job(cfg: Config, ctx: JobContext) -> JobResult:
     name = identity.run_name(cfg, ctx.overrides)
     dataset = load_job_dataset(cfg, ctx.start_dir)  # bad data stops the job before the store is touched
     tracking_uri = store.resolve_tracking_uri(cfg.mlflow.tracking_uri, ctx.start_dir)
-    store.check_reachable(tracking_uri)
+    # the launch checked the store already: a job of its sweep rides out a server restart instead of failing
+    store.check_reachable(tracking_uri, wait_seconds=store.SERVER_RESTART_SECONDS if ctx.parent else 0)
     runs = Store(tracking_uri)
     experiment_id = runs.get_or_create_experiment(cfg.mlflow.experiment, store.default_artifact_location(tracking_uri))
     flat_config = identity.flat_config(cfg)

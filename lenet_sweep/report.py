@@ -414,7 +414,7 @@ def build_report(
     excluded = f" ({left_out} FAILED/KILLED left out)" if left_out else ""
     summary = (
         f"{len(runs)} {statuses}{excluded} of experiment `{runs_store.experiment_name(experiment_id)}`"
-        f"{where} in `{runs_store.uri}`, grouped by {', '.join(f'`{k}`' for k in keys) or 'nothing'}; "
+        f"{where} in `{store.redact(runs_store.uri)}`, grouped by {', '.join(f'`{k}`' for k in keys) or 'nothing'}; "
         f"values at {at}." + (f" Rows mix runs that differ in {', '.join(mixed)}." if mixed else "")
     )
     out_dir = Path(out_dir)
@@ -539,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except StoreRefused as error:
-        print(f"error: MLflow store {uri}: {str(error.message).strip().splitlines()[0]}", file=sys.stderr)
+        print(store.redact(f"error: MLflow store {uri}: {str(error.message).strip().splitlines()[0]}"), file=sys.stderr)
         return 2
     print(report.markdown_table)
     if report.mixed:

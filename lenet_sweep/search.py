@@ -16,6 +16,7 @@ from lenet_sweep.identity import computes
 from lenet_sweep.search_space import SearchSpace, corner_params, parse_search_space, trial_overrides
 from lenet_sweep.study import SearchSettings, default_study_name, resolve_storage_url
 from lenet_sweep.trial import trial_env
+from lenet_sweep.uris import redact
 
 # Every trial trains its own run, reporting its own epochs to the study: never skipped on an earlier result.
 TRIAL_OVERRIDES = ("sweep.skip_finished=never",)
@@ -82,7 +83,7 @@ def describe(search: Search) -> list[str]:
     pruner += "" if s.pruner == "none" else f"warm-up epochs {s.pruner_warmup_epochs})"
     direction = "maximize" if s.maximize else "minimize"
     return [
-        f"study '{search.study_name}' in {search.storage_url}",
+        f"study '{search.study_name}' in {redact(search.storage_url)}",
         f"  {direction} {s.metric} ({s.objective} epoch); sampler {s.sampler}{seed}; pruner {pruner}",
         "  fixed: " + (" ".join(search.space.fixed) or "(none)"),
         *(f"  search {line}" for line in search.space.describe()),

@@ -3,7 +3,7 @@
 ``Store`` wraps ``MlflowClient`` with explicit run ids (never the fluent API's
 process-global active run), so joblib workers, SLURM jobs and the launching
 process can each address the runs they own. Searches page through every
-result: no caller sees a silently truncated list. URIs are parsed here only.
+result: no caller sees a silently truncated list. URIs are parsed in ``uris`` only.
 Who owns a RUNNING run is ``ownership``'s business, built on these calls.
 """
 
@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +20,37 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_SOURCE_NAME
 
-__all__ = ["MLFLOW_GIT_COMMIT", "MLFLOW_PARENT_RUN_ID", "Run", "StoreRefused", "Store", "TrackingError"]
+from lenet_sweep.uris import (
+    SERVER_RESTART_SECONDS,
+    TrackingError,
+    check_reachable,
+    default_artifact_location,
+    is_server,
+    redact,
+    resolve_tracking_uri,
+    sqlite_path,
+    store_exists,
+)
 
-DEFAULT_STORE = Path("outputs") / "mlflow.db"
+# What callers take from here besides Store: MLflow's names, and the URI functions (``uris``) beside the store.
+__all__ = [
+    "MLFLOW_GIT_COMMIT",
+    "MLFLOW_PARENT_RUN_ID",
+    "MLFLOW_RUN_NAME",
+    "SERVER_RESTART_SECONDS",
+    "Run",
+    "Store",
+    "StoreRefused",
+    "TrackingError",
+    "check_reachable",
+    "default_artifact_location",
+    "is_server",
+    "redact",
+    "resolve_tracking_uri",
+    "sqlite_path",
+    "store_exists",
+]
+
 FINGERPRINT_TAG = "config_fingerprint"
 SWEEP_FINGERPRINT_TAG = "sweep_fingerprint"
 # The fingerprint without the seed: the MLflow UI groups runs by it to draw the mean and band over seeds.
@@ -36,81 +61,20 @@ TRIAL_STATE_TAG = "trial_state"  # on a search trial's run: COMPLETE, PRUNED or 
 CHECKPOINT_TAG = "checkpoint_path"
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 PAGE_SIZE = 1000  # runs per search request; searches page until the store has no more
-SQLITE_PREFIX = "sqlite:///"
 
 # The store refused a request (a bad filter, a run that does not exist, a server's error).
 StoreRefused = MlflowException
 
 
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; the message names the URI."""
-
-
-# --- URIs ------------------------------------------------------------------------------
-
-
-def resolve_tracking_uri(configured: str | None, start_dir: Path) -> str:
-    """``configured`` if set, else ``MLFLOW_TRACKING_URI``, else the project's SQLite store under ``start_dir``."""
-    if configured:
-        return configured
-    from_env = os.environ.get("MLFLOW_TRACKING_URI")
-    if from_env:
-        return from_env
-    return SQLITE_PREFIX + str((start_dir / DEFAULT_STORE).resolve())
-
-
-def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI; None for any other store."""
-    if not tracking_uri.startswith(SQLITE_PREFIX):
+def _refused_write(tracking_uri: str, error: MlflowException, what: str) -> TrackingError | None:
+    """A one-line ``TrackingError`` when ``error`` is the server refusing this login ``what``; else None."""
+    if error.get_http_status_code() != 403:
         return None
-    return Path(tracking_uri.removeprefix(SQLITE_PREFIX))
-
-
-def is_server(tracking_uri: str) -> bool:
-    return tracking_uri.startswith(("http://", "https://"))
-
-
-def _is_file_store(tracking_uri: str) -> bool:
-    """MLflow reads ``file:`` URIs and bare paths as its old file store."""
-    return urllib.parse.urlparse(tracking_uri).scheme in ("", "file")
-
-
-def default_artifact_location(tracking_uri: str) -> str | None:
-    """Artifacts of a SQLite store go beside the database (``outputs/mlartifacts`` for the default store).
-
-    Other stores (a tracking server, a file store) decide their own.
-    """
-    db_path = sqlite_path(tracking_uri)
-    return None if db_path is None else (db_path.parent / "mlartifacts").resolve().as_uri()
-
-
-def check_reachable(tracking_uri: str, timeout_seconds: float = 5.0) -> None:
-    """Fail fast, naming the URI, when the store cannot be used (MLflow itself retries for minutes)."""
-    if _is_file_store(tracking_uri):
-        raise TrackingError(
-            f"MLflow store {tracking_uri}: file stores are not supported by this MLflow; use "
-            "sqlite:///<dir>/mlflow.db (`mlflow migrate-filestore` moves existing runs into one)"
-        )
-    if is_server(tracking_uri):
-        url = tracking_uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_seconds) as response:
-                response.read()
-        except (urllib.error.URLError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise TrackingError(f"MLflow tracking server {tracking_uri} is unreachable: {reason}") from None
-    db_path = sqlite_path(tracking_uri)
-    if db_path is not None:
-        try:
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise TrackingError(f"MLflow store {tracking_uri}: cannot create {db_path.parent}: {error}") from None
-
-
-def store_exists(tracking_uri: str) -> bool:
-    """False only for a SQLite store whose file is missing (nothing was ever logged there)."""
-    db_path = sqlite_path(tracking_uri)
-    return db_path is None or db_path.exists()
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(no login)"
+    return TrackingError(
+        f"MLflow tracking server {tracking_uri} refused user '{user}' {what} (403 Forbidden): "
+        "ask the experiment's owner or an admin for EDIT permission, or choose another mlflow.experiment"
+    )
 
 
 # --- the store -------------------------------------------------------------------------
@@ -145,10 +109,10 @@ class Store:
             return found
         try:
             return self._client.create_experiment(name, artifact_location=artifact_location)
-        except MlflowException:
+        except MlflowException as error:
             found = self.experiment_id(name)
             if found is None:
-                raise
+                raise _refused_write(self.uri, error, f"creating experiment '{name}'") or error from None
             return found
 
     def require_experiment(self, name: str) -> str:
@@ -220,11 +184,21 @@ class Store:
     def create_run(
         self, experiment_id: str, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None
     ) -> str:
-        """Create a RUNNING run (a child of ``parent_run_id`` when given) and return its id."""
+        """Create a RUNNING run (a child of ``parent_run_id`` when given) and return its id.
+
+        Passwords in URLs in its name and tags are redacted; a server refusing the login a run
+        there is a ``TrackingError``.
+        """
+        run_name = redact(run_name)
         all_tags = {MLFLOW_RUN_NAME: run_name, MLFLOW_SOURCE_NAME: "lenet_sweep", **tags}
         if parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-        return self._client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
+        all_tags = {key: redact(str(value)) for key, value in all_tags.items()}
+        try:
+            return self._client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
+        except MlflowException as error:
+            what = f"a run in experiment '{self.experiment_name(experiment_id)}'"
+            raise _refused_write(self.uri, error, what) or error from None
 
     def reopen_run(self, run_id: str) -> None:
         """Mark an ended run RUNNING again, clearing the reason it ended with."""
@@ -240,7 +214,7 @@ class Store:
         self._client.set_terminated(run_id, status=status)
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        items = [Param(key, "None" if value is None else str(value)) for key, value in params.items()]
+        items = [Param(key, "None" if value is None else redact(str(value))) for key, value in params.items()]
         for start in range(0, len(items), PARAM_BATCH):
             self._client.log_batch(run_id, params=items[start : start + PARAM_BATCH])
 
@@ -250,6 +224,7 @@ class Store:
         Params never change once logged, and SQL stores enforce that with a unique key, so of
         two processes racing to log one key with different values exactly one succeeds.
         """
+        value = redact(value)
         try:
             self._client.log_param(run_id, key, value)
         except MlflowException as error:
@@ -266,7 +241,7 @@ class Store:
         )
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        self._client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+        self._client.log_batch(run_id, tags=[RunTag(key, redact(str(value))) for key, value in tags.items()])
 
     def delete_tag(self, run_id: str, key: str) -> None:
         self._client.delete_tag(run_id, key)

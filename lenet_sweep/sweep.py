@@ -202,7 +202,7 @@ class SweepCallback(Callback):
             print(f"error: {one_line(error)}", file=sys.stderr)
             sys.exit(2)
         except StoreRefused as error:
-            print(f"error: MLflow store {uri}: {str(error).splitlines()[0]}", file=sys.stderr)
+            print(store.redact(f"error: MLflow store {uri}: {str(error).splitlines()[0]}"), file=sys.stderr)
             sys.exit(2)
         # From here on the parent must end, whatever happens: Ctrl-C, SIGTERM or a launcher error
         # skip on_multirun_end, so atexit closes it, with the summary of what ran.

@@ -85,13 +85,17 @@ def start_mlflow(
             env=env,
             start_new_session=True,
         )
-    uri = f"http://127.0.0.1:{port}"
+    return process, serving(process, f"http://127.0.0.1:{port}")
+
+
+def serving(process: subprocess.Popen, uri: str) -> str:
+    """``uri`` once the MLflow server ``process`` answers there; the server stopped (by its group) if it never does."""
     try:
         wait_for_http(f"{uri}/health", process)
     except BaseException:
         stop_process_group(process)
         raise
-    return process, uri
+    return uri
 
 
 def start_mlflow_server(
