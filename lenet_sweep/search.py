@@ -31,7 +31,7 @@ class Search:
 
     def job_overrides(self, params: Mapping[str, Any], trial_number: int) -> list[str]:
         """The overrides of the job that runs trial ``trial_number`` at ``params``."""
-        env = trial_env(self.storage_url, self.study_name, trial_number)
+        env = trial_env(self.study_name, trial_number)
         env_overrides = [f"++hydra.job.env_set.{key}={_quoted(value)}" for key, value in env.items()]
         return [*trial_overrides(self.space, params), *TRIAL_OVERRIDES, *env_overrides]
 

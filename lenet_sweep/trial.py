@@ -17,6 +17,7 @@ import optuna
 
 from lenet_sweep import store
 from lenet_sweep.study import RUN_ID_ATTR, load_existing_study, make_pruner, open_storage
+from lenet_sweep.uris import redact
 
 STORAGE_ENV = "LENET_SWEEP_OPTUNA_STORAGE"
 STUDY_ENV = "LENET_SWEEP_OPTUNA_STUDY"
@@ -35,9 +36,19 @@ class TrialPruned(optuna.TrialPruned):
         self.epoch = epoch
 
 
-def trial_env(storage_url: str, study_name: str, number: int) -> dict[str, str]:
-    """The environment variables that make a job trial ``number`` of the study."""
-    return {STORAGE_ENV: storage_url, STUDY_ENV: study_name, TRIAL_ENV: str(number)}
+def trial_env(study_name: str, number: int) -> dict[str, str]:
+    """The environment variables (``hydra.job.env_set``) that make a job trial ``number`` of the study.
+
+    The storage URL is not among them: it may hold a password, and Hydra prints a job's overrides and
+    saves them with its run. It travels in the launching process's environment (``STORAGE_ENV``,
+    ``share_storage``), which every launcher's jobs inherit.
+    """
+    return {STUDY_ENV: study_name, TRIAL_ENV: str(number)}
+
+
+def share_storage(storage_url: str) -> None:
+    """Make ``storage_url`` the study storage of every job this process launches from now on."""
+    os.environ[STORAGE_ENV] = storage_url
 
 
 @dataclass
@@ -57,7 +68,7 @@ class TrialReporter:
         name = environ[STUDY_ENV]
         stored = load_existing_study(name, storage)
         if stored is None:
-            raise RuntimeError(f"study '{name}' not found in Optuna storage {environ[STORAGE_ENV]}")
+            raise RuntimeError(f"study '{name}' not found in Optuna storage {redact(environ[STORAGE_ENV])}")
         study = optuna.Study(name, storage, pruner=make_pruner(stored.user_attrs.get("pruner")))
         study_id = storage.get_study_id_from_name(name)
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(environ[TRIAL_ENV]))

@@ -13,8 +13,10 @@ import stat
 import urllib.error
 import urllib.request
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
 from tests.helpers.cli import DATA, SMALL, run_cli, start_cli
 from tests.helpers.runs import METRICS, assert_one_parent_with_children, steps
@@ -218,3 +220,36 @@ def test_a_sweep_straight_into_postgres_and_a_wrong_password_there(postgres, wor
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "127.0.0.1" in lines[0] and "wrong-password" not in lines[0], refused.stderr
     assert experiment_runs(uri, "team_refused")[1] == []
+
+
+def test_a_search_keeps_its_study_in_postgres_and_its_trials_behind_the_login(team, postgres, workdir):
+    storage = postgres.uris["PG_OPTUNA_URI"]
+    args = [
+        "-m",
+        "hydra/sweeper=optuna",
+        "model=mlp",
+        "data.train_limit=600",
+        "data.test_limit=200",
+        "data.val_size=200",
+        "train.epochs=1",
+        "optimizer.lr=tag(log,interval(1e-3,0.3))",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.study_name=team_search",
+        "mlflow.experiment=team_search",
+    ]
+    # The storage URL goes in through the environment, as docs/team.md says: never on a logged command line.
+    result = run_cli(
+        [*args, "hydra.sweeper.storage=${oc.env:PG_OPTUNA_URI}"], workdir, PG_OPTUNA_URI=storage, **team.jobs_env
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    study = optuna.load_study(study_name="team_search", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    client, runs = experiment_runs(team.uri, "team_search", children_only=True)
+    assert sorted(int(r.data.tags["trial_number"]) for r in runs) == [0, 1]
+    for run in runs:
+        trial = study.trials[int(run.data.tags["trial_number"])]
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        assert trial.value == max(m.value for m in client.get_metric_history(run.info.run_id, "val_acc"))
+    password = storage.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    assert password not in result.stdout + result.stderr

@@ -35,7 +35,7 @@ from lenet_sweep.study import (
     open_study,
     remaining_trials,
 )
-from lenet_sweep.trial import STUDY_TAG, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG
+from lenet_sweep.trial import STUDY_TAG, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG, share_storage
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class OptunaSweeper(Sweeper):
         runs.set_tags(parent.run_id, {MLFLOW_RUN_NAME: f"study {search.study_name}", STUDY_TAG: search.study_name})
         log.info("%s", "\n".join(describe(search)))
         retry_dead_trials(study, runs, parent.run_id)
+        share_storage(search.storage_url)
         returns, job_index = [], 0
         while remaining := remaining_trials(search.settings.n_trials, study.get_trials(deepcopy=False)):
             trials = [study.ask(dict(search.space.params)) for _ in range(min(search.settings.n_jobs, remaining))]
