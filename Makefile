@@ -8,10 +8,13 @@ SERVER_PORT ?= 5001
 SLURM_LOCAL_DIR ?= /tmp/lenet-sweep-slurm
 TEAM_HOST ?= 127.0.0.1
 TEAM_PORT ?= 5002
+DASHBOARD_PORT ?= 5003
+OPTUNA_STORAGE ?= sqlite:///$(CURDIR)/outputs/optuna.db
 
 .PHONY: sweep writeup test test-fast lint report ui ui-screenshot mlflow-server bench stress
 .PHONY: slurm-start slurm-stop slurm-status clean
 .PHONY: postgres-start postgres-stop postgres-status mlflow-server-team
+.PHONY: optuna-dashboard
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +53,11 @@ writeup: $(STAMP)
 ## The MLflow UI over the project's store, on loopback.
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+
+## The studies of hydra/sweeper=optuna (its default storage; OPTUNA_STORAGE=<url> for another) in optuna-dashboard,
+## on loopback (docs/search.md).
+optuna-dashboard: $(STAMP)
+	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 ## The README's screenshot (docs/mlflow-compare.png): the runs' test_acc in the MLflow UI; needs chromium.
 ## SHOT_ARGS='--group-by-tag config_group': the Chart view, seeds grouped (docs/mlflow-seeds-grouped.png).

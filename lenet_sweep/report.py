@@ -27,8 +27,10 @@ import pandas as pd
 from scipy.stats import ttest_ind_from_stats
 
 from lenet_sweep import figures, identity, store
+from lenet_sweep.report_search import search_section, storage_url
 from lenet_sweep.report_verdicts import verdict_section
 from lenet_sweep.store import Store, StoreRefused
+from lenet_sweep.study import StudyError
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 ALL_METRICS = METRICS + ("epoch_seconds",)
@@ -325,11 +327,19 @@ def parameter_tables(frame) -> str:
 
 
 def write_tables_and_page(
-    out_dir: Path, table, table_md: str, summary: str, findings_text: str, figure_files: Mapping[str, str], frame
+    out_dir: Path,
+    table,
+    table_md: str,
+    summary: str,
+    findings_text: str,
+    figure_files: Mapping[str, str],
+    frame,
+    search_md: str = "",
 ) -> list[Path]:
     """``table.csv`` (mean and std columns), ``table.md`` and ``report.md``; returns their paths.
 
-    ``report.md``: the summary line, the table and its notes, the findings, the figures, the parameters.
+    ``report.md``: the summary line, the table and its notes, the findings, the search section
+    (``report_search``; none when empty), the figures, the parameters.
     """
     csv = table.drop(columns=["epochs_differ", "test_acc_n"]).assign(figure=table["label"].map(figure_files))
     csv.to_csv(out_dir / "table.csv", index=False)
@@ -349,6 +359,7 @@ def write_tables_and_page(
         "",
         findings_text,
         "",
+        *([search_md, ""] if search_md else []),
         "## Learning curves",
         "",
         "![test accuracy of every configuration](overview_test_acc.png)",
@@ -373,12 +384,14 @@ def build_report(
     group_by: list[str] | None = None,
     epoch: int | None = None,
     include_failed: bool = False,
+    optuna_storage: str | None = None,
 ) -> Report:
     """Build the report of the experiment's runs matching ``filter_string`` into ``out_dir``.
 
     For a sweep's own jobs pass ``filter_string=run_ids_filter(ids)`` (skipped jobs included)
     or ``f"tags.mlflow.parentRunId = '{parent_id}'"``. ``group_by=None`` picks the keys
-    (``default_group_by``); ``epoch=None`` takes each run's last logged epoch.
+    (``default_group_by``); ``epoch=None`` takes each run's last logged epoch. Trials of Optuna studies
+    get a search section from the studies in ``optuna_storage`` (``report_search.storage_url``).
     Raises ``ReportError`` when there is nothing to report.
     """
     runs, left_out = select_runs(runs_store, experiment_id, filter_string, include_failed)
@@ -420,7 +433,8 @@ def build_report(
     out_dir = Path(out_dir)
     written = figures.write_figures(out_dir, list(zip(table["label"], table["seeds"])), curves)
     files = [out_dir / name for name in [*written.values(), "overview_test_acc.png"]]
-    files += write_tables_and_page(out_dir, table, table_md, summary, text, written, frame)
+    search_md, search_files = search_section(runs, storage_url(optuna_storage, Path.cwd()), out_dir)  # report_search
+    files += search_files + write_tables_and_page(out_dir, table, table_md, summary, text, written, frame, search_md)
     return Report(table, keys, table_md, text, out_dir, files, mixed)
 
 
@@ -514,6 +528,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--filter", help="MLflow search filter, e.g. \"params.model.name = 'mlp'\"")
     p.add_argument("--epoch", type=_epoch, default=None, help="epoch whose values fill the table (default: last)")
     p.add_argument("--include-failed", action="store_true", help="also report FAILED and KILLED runs")
+    p.add_argument(
+        "--optuna-storage",
+        help="Optuna storage of the studies whose trials are reported (default: $LENET_SWEEP_OPTUNA_STORAGE, "
+        "else sqlite:///<cwd>/outputs/optuna.db)",
+    )
     return p.parse_args(argv)
 
 
@@ -534,9 +553,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             group_by=group_by,
             epoch=args.epoch,
             include_failed=args.include_failed,
+            optuna_storage=args.optuna_storage,
         )
     except (ReportError, store.TrackingError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except StudyError as error:  # --optuna-storage unusable; the URL may hold a password
+        print(store.redact(f"error: --optuna-storage: {error}"), file=sys.stderr)
         return 2
     except StoreRefused as error:
         print(store.redact(f"error: MLflow store {uri}: {str(error.message).strip().splitlines()[0]}"), file=sys.stderr)

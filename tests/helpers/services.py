@@ -106,6 +106,32 @@ def start_mlflow_server(
     return start_mlflow("server", backend_store_uri, port, log_path, artifacts, env)
 
 
+def start_optuna_dashboard(storage_url: str, port: int, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """``optuna-dashboard`` over an Optuna storage on 127.0.0.1:``port`` (its own session); (process, base URL)
+    once its API answers; the dashboard stopped (by its group) if it never does."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "optuna-dashboard"),
+                storage_url,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/api/meta", process)
+    except BaseException:
+        stop_process_group(process)
+        raise
+    return process, base
+
+
 def _group_alive(pgid: int) -> bool:
     """Whether a process of group ``pgid`` still runs (zombies don't count)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
