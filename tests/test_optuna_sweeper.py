@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.helpers.cli import run_cli, runs_of, start_cli, wait_for_runs
+from tests.helpers.cli import run_cli, runs_of, start_cli, store_locked, wait_for_runs
 
 pytestmark = pytest.mark.slow
 
@@ -98,14 +98,14 @@ def test_a_hopeless_learning_rate_is_pruned_and_the_study_continues(workdir):
 
 
 def test_a_killed_launch_retries_its_trial_continuing_the_run(workdir):
-    # LeNet-5 takes seconds per epoch here, so the kill lands between its first epoch and its last.
     args = [*SEARCH, "model=lenet", "optimizer.lr=interval(0.01,0.1)", "train.epochs=2", "hydra.sweeper.n_trials=2"]
     process = start_cli(args, workdir)
     try:
         (killed_run,) = wait_for_runs(workdir, process, lambda client, runs: any(r.data.metrics for r in runs))
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
+        with store_locked(workdir):  # the job can neither log its last epoch nor end its run before the kill
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
     assert [t.state for t in study_of(workdir).trials] == [TrialState.RUNNING]
 
     result = run_cli(args, workdir)

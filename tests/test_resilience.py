@@ -2,12 +2,11 @@
 
 import os
 import signal
-import sqlite3
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers.cli import SMALL, run_cli, runs_of, start_cli, wait_for_runs
+from tests.helpers.cli import SMALL, run_cli, runs_of, start_cli, store_locked, wait_for_runs
 from tests.helpers.runs import METRICS, assert_one_parent_with_children, steps
 
 TWO_EPOCHS = ["train.epochs=2", "data.train_limit=600", "data.test_limit=200"]
@@ -41,11 +40,9 @@ def test_a_sigkilled_joblib_sweep_relaunched_has_one_parent_and_every_epoch_once
     wait_for_runs(workdir, sweep, lambda client, runs: any(steps(client, r.info.run_id) for r in runs))
     # Hold every job at its next write to the store (none can end its run), then kill them all there:
     # the launcher and its workers, as the OOM killer or a lost node would.
-    with sqlite3.connect(workdir / "outputs" / "mlflow.db", timeout=60) as lock:
-        lock.execute("BEGIN EXCLUSIVE")
+    with store_locked(workdir):
         os.killpg(sweep.pid, signal.SIGKILL)
         sweep.communicate(timeout=60)
-        lock.rollback()
     _, every_run = runs_of(workdir, children_only=False)
     assert "RUNNING" in {r.info.status for r in every_run}
 

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from tests.helpers.cli import DATA, SMALL, run_cli, start_cli
 from tests.helpers.runs import METRICS, assert_one_parent_with_children, steps
-from tests.helpers.services import free_port
+from tests.helpers.services import free_port, paused
 from tests.helpers.team import postgres_local, postgres_missing_reason, start_postgres, start_team_server
 
 pytestmark = pytest.mark.slow  # PostgreSQL, an MLflow server and CLI sweeps
@@ -171,14 +171,16 @@ def test_an_experiment_the_server_refuses_is_one_line_and_exit_2_before_any_run(
 
 
 def test_a_sigkilled_job_is_resumed_through_the_server(team, workdir):
-    args = ["train.epochs=3", "data.train_limit=3000", "data.test_limit=200", "train.threads=1"]
+    args = ["train.epochs=3", "data.train_limit=600", "data.test_limit=200", "train.threads=1"]
     args.append("mlflow.experiment=team_resume")
     process = start_cli(args, workdir, **team.jobs_env)
     for line in process.stdout:
-        if "Epoch 2:" in line:
-            os.killpg(process.pid, signal.SIGKILL)  # as the OOM killer or a lost node would
+        if "Epoch 1:" in line:
+            # The paused server lets the job log nothing more, so the kill lands mid-run however long an epoch takes.
+            with paused(team.process):
+                os.killpg(process.pid, signal.SIGKILL)  # as the OOM killer or a lost node would
+                process.wait(timeout=60)
             break
-    process.wait(timeout=60)
     client, runs = experiment_runs(team.uri, "team_resume")
     assert [r.info.status for r in runs] == ["RUNNING"]
 

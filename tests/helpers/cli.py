@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -85,3 +86,15 @@ def wait_for_runs(workdir, process, ready, timeout_s=240):
                 return runs
         time.sleep(0.2)
     raise AssertionError("the runs never reached the awaited state")
+
+
+@contextmanager
+def store_locked(workdir: Path):
+    """Inside, the SQLite store under ``workdir`` is locked (``BEGIN EXCLUSIVE``): every job blocks at its next
+    read or write, so a kill sent inside lands mid-run, however long an epoch takes."""
+    with sqlite3.connect(workdir / "outputs" / "mlflow.db", timeout=60) as lock:
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            lock.rollback()
