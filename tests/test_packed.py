@@ -8,10 +8,12 @@ the 200 test / 600 training images). The packed member and the solo job differ o
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 
-from tests.helpers.cli import run_cli, runs_of
+from tests.helpers.cli import run_cli, runs_of, start_cli, store_locked, wait_for_runs
 
 SWEEP = ["model=lenet,mlp", "seed=0,1", "optimizer.lr=0.01,1e6", "train.epochs=1"]
 SMALL_DATA = ["data.train_limit=600", "data.test_limit=200"]
@@ -53,3 +55,26 @@ def test_packed_sweep_equals_solo_sweep_and_failures_stay_alone(workdir, tmp_pat
     statuses = [json.loads(p.read_text()) for p in workdir.glob("outputs/multirun/*/*/*/job_status.json")]
     assert sorted(s["status"] for s in statuses) == ["FAILED"] * 4 + ["FINISHED"] * 4
     assert "Sweep summary: 8 jobs: 4 finished" in packed.stdout and "4 failed" in packed.stdout
+
+
+@pytest.mark.slow
+def test_a_pack_killed_mid_way_resumes_each_member_once(workdir):
+    args = ["-m", "hydra/launcher=packed", "seed=0,1", "train.epochs=3", *SMALL_DATA]
+    process = start_cli(args, workdir)
+    try:
+        wait_for_runs(workdir, process, lambda client, runs: len(runs) == 2 and all(r.data.metrics for r in runs))
+    finally:
+        with store_locked(workdir):  # no member can log another epoch or end its run before the kill
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate(timeout=60)
+    _, killed = _by_name(workdir)
+    assert {run.info.status for run in killed.values()} == {"RUNNING"}
+
+    relaunch = run_cli(args, workdir)
+    assert relaunch.returncode == 0, relaunch.stdout[-3000:] + relaunch.stderr[-3000:]
+    client, resumed = _by_name(workdir)
+    assert {name: run.info.run_id for name, run in resumed.items()} == {n: r.info.run_id for n, r in killed.items()}
+    for run in resumed.values():
+        assert run.info.status == "FINISHED"
+        for metric in METRICS:
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, metric)) == [1, 2, 3]

@@ -3,8 +3,10 @@
 import subprocess
 import time
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
 from tests.helpers.cli import run_cli, start_cli
 from tests.helpers.runs import METRICS, assert_one_parent_with_children, steps
@@ -137,3 +139,40 @@ def test_a_job_out_of_time_requeues_itself_and_finishes_its_run(workdir, slurm_e
     assert finished.info.run_id == run.info.run_id and finished.info.status == "FINISHED"
     for key in METRICS:
         assert steps(client, run.info.run_id, key) == [1, 2, 3, 4]
+
+
+def test_a_two_trial_study_is_pruned_from_the_compute_side(workdir, slurm_env, mlflow_server):
+    """The hopeless trial's SLURM job reads the study through the storage after each epoch and stops itself."""
+    experiment = "slurm_search"
+    # Random sampler, seed 11: trial 0 draws lr 0.1, trial 1 lr 1e-5 (as in test_optuna_sweeper.py).
+    args = [
+        "-m",
+        *SLURM,
+        "hydra/sweeper=optuna",
+        "model=mlp",
+        "optimizer.lr=choice(0.1,0.00001)",
+        "train.epochs=3",
+        "data.train_limit=600",
+        "data.test_limit=200",
+        "data.val_size=200",
+        "hydra.sweeper.sampler=random",
+        "hydra.sweeper.seed=11",
+        "hydra.sweeper.pruner=median",
+        "hydra.sweeper.pruner_startup_trials=1",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=1",
+        f"mlflow.tracking_uri={mlflow_server}",
+        f"mlflow.experiment={experiment}",
+    ]
+    result = run_cli(args, workdir, SLURM_CONF=slurm_env["SLURM_CONF"], PATH=slurm_env["PATH"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 jobs: 1 finished, 0 failed, 0 killed, 0 skipped, 1 pruned" in result.stdout, result.stdout[-3000:]
+    storage = f"sqlite:///{workdir / 'outputs' / 'optuna.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    client, runs = server_runs(mlflow_server, experiment)
+    pruned = next(r for r in runs if r.data.tags["trial_number"] == "1")
+    assert pruned.data.tags["trial_state"] == "PRUNED" and pruned.info.status == "FINISHED"
+    assert pruned.data.tags["slurm_job_id"], "the trial ran in a SLURM job"
+    assert [m.step for m in client.get_metric_history(pruned.info.run_id, "val_acc")] == [1]
