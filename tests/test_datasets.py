@@ -197,6 +197,7 @@ def assert_one_line_and_no_run(result, text: str, workdir: Path):
     assert not (workdir / "outputs" / "mlflow.db").exists() or not runs_of(workdir, children_only=False)[1]
 
 
+@pytest.mark.slow  # the CLI
 @pytest.mark.parametrize("case", ["bad root", "wrong md5", "missing"])
 def test_bad_data_stops_a_run_with_one_line_before_it_exists(workdir, case):
     corrupt = idx_copy(DATA, workdir / "corrupt")
@@ -246,6 +247,7 @@ def test_a_sweep_over_both_data_sets_tells_them_apart(two_data_set_sweep):
     assert len({r.data.tags["config_fingerprint"] for r in runs}) == 12
 
 
+@pytest.mark.slow  # the CLI
 @needs_fashion
 def test_png_dirs_of_fashion_mnist_train_and_are_recorded_by_their_content(workdir):
     fashion = load_dataset(FASHION, test_limit=300)

@@ -176,6 +176,7 @@ def test_the_isa_switch_names_a_bad_value_in_one_line(monkeypatch):
         assert kernels.requested_isa().name == name
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch
 @pytest.mark.parametrize("compiler", ["/nonexistent/cc", "false"], ids=["missing", "failing"])
 def test_without_a_working_compiler_auto_falls_back_and_on_refuses(tmp_path, compiler):
     script = (
