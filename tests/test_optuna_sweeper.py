@@ -9,20 +9,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.helpers.cli import run_cli, runs_of, start_cli, store_locked, wait_for_runs
+from tests.helpers.cli import SMALL_SEARCH, run_cli, runs_of, start_cli, store_locked, wait_for_runs
 
 pytestmark = pytest.mark.slow
 
-# The MLP learns in an epoch of 600 images, so a hopeless learning rate shows at once.
-SEARCH = [
-    "-m",
-    "hydra/sweeper=optuna",
-    "model=mlp",
-    "data.train_limit=600",
-    "data.test_limit=200",
-    "data.val_size=200",
-    "train.threads=1",
-]
 
 
 def study_of(workdir) -> optuna.Study:
@@ -44,7 +34,7 @@ def trials_and_runs(workdir):
 
 def test_study_and_runs_agree_under_joblib(workdir):
     lr = "optimizer.lr=tag(log,interval(1e-3,0.3))"
-    args = [*SEARCH, lr, "train.epochs=2", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2", "hydra.sweeper.seed=0"]
+    args = [*SMALL_SEARCH, lr, "train.epochs=2", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2", "hydra.sweeper.seed=0"]
     result = run_cli([*args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     study, runs, parent, client = trials_and_runs(workdir)
@@ -71,7 +61,7 @@ def test_a_hopeless_learning_rate_is_pruned_and_the_study_continues(workdir):
         "hydra.sweeper.pruner=median",
         "hydra.sweeper.pruner_startup_trials=1",
     ]
-    result = run_cli([*SEARCH, *pruning, "hydra.sweeper.n_trials=2"], workdir)
+    result = run_cli([*SMALL_SEARCH, *pruning, "hydra.sweeper.n_trials=2"], workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 jobs: 1 finished, 0 failed, 0 killed, 0 skipped, 1 pruned" in result.stdout
     study, runs, _, client = trials_and_runs(workdir)
@@ -85,12 +75,12 @@ def test_a_hopeless_learning_rate_is_pruned_and_the_study_continues(workdir):
     status = run_cli([], workdir, module="lenet_sweep.status")
     assert status.returncode == 0 and "1 of 2 jobs FINISHED, 1 PRUNED" in status.stdout, status.stdout + status.stderr
 
-    plan = run_cli([*SEARCH, *pruning, "hydra.sweeper.n_trials=4", "sweep.plan=true"], workdir)
+    plan = run_cli([*SMALL_SEARCH, *pruning, "hydra.sweeper.n_trials=4", "sweep.plan=true"], workdir)
     assert plan.returncode == 0, plan.stderr[-3000:]
     assert "so far 1 complete, 1 pruned, 0 fail, 0 running, 0 waiting" in plan.stdout and "2 remain" in plan.stdout
     assert len(study_of(workdir).trials) == 2 and len(runs_of(workdir)[1]) == 2  # the plan created nothing
 
-    relaunch = run_cli([*SEARCH, *pruning, "hydra.sweeper.n_trials=3"], workdir)
+    relaunch = run_cli([*SMALL_SEARCH, *pruning, "hydra.sweeper.n_trials=3"], workdir)
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
     study, runs, parent, _ = trials_and_runs(workdir)
     assert len(study.trials) == 3 and sorted(runs) == [0, 1, 2]  # the study's total, not three more
@@ -98,7 +88,7 @@ def test_a_hopeless_learning_rate_is_pruned_and_the_study_continues(workdir):
 
 
 def test_a_killed_launch_retries_its_trial_continuing_the_run(workdir):
-    args = [*SEARCH, "model=lenet", "optimizer.lr=interval(0.01,0.1)", "train.epochs=2", "hydra.sweeper.n_trials=2"]
+    args = [*SMALL_SEARCH, "model=lenet", "optimizer.lr=interval(0.01,0.1)", "train.epochs=2", "hydra.sweeper.n_trials=2"]
     process = start_cli(args, workdir)
     try:
         (killed_run,) = wait_for_runs(workdir, process, lambda client, runs: any(r.data.metrics for r in runs))
@@ -131,7 +121,7 @@ def test_a_killed_launch_retries_its_trial_continuing_the_run(workdir):
     ],
 )
 def test_bad_input_is_one_line_and_creates_nothing(workdir, override, message):
-    args = [*SEARCH, "optimizer.lr=interval(0.01,0.1)", override]
+    args = [*SMALL_SEARCH, "optimizer.lr=interval(0.01,0.1)", override]
     result = run_cli(args, workdir)
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()

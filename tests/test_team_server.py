@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.helpers.cli import DATA, SMALL, run_cli, start_cli
+from tests.helpers.cli import DATA, SMALL, SMALL_SEARCH, run_cli, start_cli
 from tests.helpers.runs import METRICS, assert_one_parent_with_children, steps
 from tests.helpers.services import free_port, paused
 from tests.helpers.team import postgres_local, postgres_missing_reason, start_postgres, start_team_server
@@ -227,12 +227,7 @@ def test_a_sweep_straight_into_postgres_and_a_wrong_password_there(postgres, wor
 def test_a_search_keeps_its_study_in_postgres_and_its_trials_behind_the_login(team, postgres, workdir):
     storage = postgres.uris["PG_OPTUNA_URI"]
     args = [
-        "-m",
-        "hydra/sweeper=optuna",
-        "model=mlp",
-        "data.train_limit=600",
-        "data.test_limit=200",
-        "data.val_size=200",
+        *SMALL_SEARCH,
         "train.epochs=1",
         "optimizer.lr=tag(log,interval(1e-3,0.3))",
         "hydra.sweeper.n_trials=2",

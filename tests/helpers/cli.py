@@ -16,6 +16,17 @@ REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "data"
 # Small, class-balanced subsets keep CLI tests to seconds.
 SMALL = ["train.epochs=1", "data.train_limit=600", "data.test_limit=200"]
+# An Optuna search on the same subsets with a validation split: the MLP learns in an epoch of 600 images,
+# so a hopeless learning rate shows at once.
+SMALL_SEARCH = [
+    "-m",
+    "hydra/sweeper=optuna",
+    "model=mlp",
+    "data.train_limit=600",
+    "data.test_limit=200",
+    "data.val_size=200",
+    "train.threads=1",
+]
 
 
 def cli_env(**extra: str) -> dict[str, str]:
