@@ -14,7 +14,6 @@ from tests.helpers.cli import SMALL_SEARCH, run_cli, runs_of, start_cli, store_l
 pytestmark = pytest.mark.slow
 
 
-
 def study_of(workdir) -> optuna.Study:
     storage = f"sqlite:///{workdir / 'outputs' / 'optuna.db'}"
     (name,) = optuna.get_all_study_names(storage)
@@ -34,7 +33,14 @@ def trials_and_runs(workdir):
 
 def test_study_and_runs_agree_under_joblib(workdir):
     lr = "optimizer.lr=tag(log,interval(1e-3,0.3))"
-    args = [*SMALL_SEARCH, lr, "train.epochs=2", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2", "hydra.sweeper.seed=0"]
+    args = [
+        *SMALL_SEARCH,
+        lr,
+        "train.epochs=2",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.seed=0",
+    ]
     result = run_cli([*args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     study, runs, parent, client = trials_and_runs(workdir)
@@ -88,7 +94,13 @@ def test_a_hopeless_learning_rate_is_pruned_and_the_study_continues(workdir):
 
 
 def test_a_killed_launch_retries_its_trial_continuing_the_run(workdir):
-    args = [*SMALL_SEARCH, "model=lenet", "optimizer.lr=interval(0.01,0.1)", "train.epochs=2", "hydra.sweeper.n_trials=2"]
+    args = [
+        *SMALL_SEARCH,
+        "model=lenet",
+        "optimizer.lr=interval(0.01,0.1)",
+        "train.epochs=2",
+        "hydra.sweeper.n_trials=2",
+    ]
     process = start_cli(args, workdir)
     try:
         (killed_run,) = wait_for_runs(workdir, process, lambda client, runs: any(r.data.metrics for r in runs))
