@@ -75,7 +75,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/epoch_speed.py
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/packed_cpu.py
-	if $(BIN)/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then $(BIN)/python benchmarks/packed_gpu.py; fi
+	if $(BIN)/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then $(BIN)/python benchmarks/packed_gpu.py && $(BIN)/python benchmarks/packed_gpu_cli.py; fi
 
 ## N tiny parallel jobs against SQLite, a server on SQLite and the team server on PostgreSQL (also restarted
 ## mid-sweep): runs and metric points expected vs found (docs/reliability.md). Needs the package postgresql.

@@ -15,7 +15,9 @@ import pytest
 
 from tests.helpers.cli import run_cli, runs_of, start_cli, store_locked, wait_for_runs
 
-SWEEP = ["model=lenet,mlp", "seed=0,1", "optimizer.lr=0.01,1e6", "train.epochs=1"]
+# LENET_SWEEP_TEST_DEVICE=cuda runs the equivalence on a GPU (packed CUDA graph against the solo CUDA graph).
+DEVICE = os.environ.get("LENET_SWEEP_TEST_DEVICE", "cpu")
+SWEEP = ["model=lenet,mlp", "seed=0,1", "optimizer.lr=0.01,1e6", "train.epochs=1", f"device={DEVICE}"]
 SMALL_DATA = ["data.train_limit=600", "data.test_limit=200"]
 METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
 
