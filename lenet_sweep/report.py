@@ -29,8 +29,9 @@ from scipy.stats import ttest_ind_from_stats
 from lenet_sweep import figures, identity, store
 from lenet_sweep.report_search import search_section, storage_url
 from lenet_sweep.report_verdicts import verdict_section
-from lenet_sweep.store import Store, StoreRefused
+from lenet_sweep.store import TUNED_FROM_TAG, Store, StoreRefused
 from lenet_sweep.study import StudyError
+from lenet_sweep.trial import TRIAL_NUMBER_TAG
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 ALL_METRICS = METRICS + ("epoch_seconds",)
@@ -394,7 +395,8 @@ def build_report(
     get a search section from the studies in ``optuna_storage`` (``report_search.storage_url``).
     Raises ``ReportError`` when there is nothing to report.
     """
-    runs, left_out = select_runs(runs_store, experiment_id, filter_string, include_failed)
+    selected, left_out = select_runs(runs_store, experiment_id, filter_string, include_failed)
+    runs = compared_runs(selected)
     frame = pd.DataFrame([r.data.params for r in runs], index=[r.info.run_id for r in runs]).fillna("(unset)")
     frame.index.name = "run_id"
     unknown = [k for k in group_by or [] if k not in frame.columns]
@@ -426,16 +428,32 @@ def build_report(
     statuses = f"runs ({len(runs) - failed} FINISHED, {failed} FAILED/KILLED)" if include_failed else "FINISHED runs"
     excluded = f" ({left_out} FAILED/KILLED left out)" if left_out else ""
     summary = (
-        f"{len(runs)} {statuses}{excluded} of experiment `{runs_store.experiment_name(experiment_id)}`"
+        f"{len(runs)} {statuses}{excluded}{tuned_note(runs, selected)} "
+        f"of experiment `{runs_store.experiment_name(experiment_id)}`"
         f"{where} in `{store.redact(runs_store.uri)}`, grouped by {', '.join(f'`{k}`' for k in keys) or 'nothing'}; "
         f"values at {at}." + (f" Rows mix runs that differ in {', '.join(mixed)}." if mixed else "")
     )
     out_dir = Path(out_dir)
     written = figures.write_figures(out_dir, list(zip(table["label"], table["seeds"])), curves)
     files = [out_dir / name for name in [*written.values(), "overview_test_acc.png"]]
-    search_md, search_files = search_section(runs, storage_url(optuna_storage, Path.cwd()), out_dir)  # report_search
+    search_md, search_files = search_section(selected, storage_url(optuna_storage, Path.cwd()), out_dir)
     files += search_files + write_tables_and_page(out_dir, table, table_md, summary, text, written, frame, search_md)
     return Report(table, keys, table_md, text, out_dir, files, mixed)
+
+
+def compared_runs(selected):
+    """The runs the table compares: of a tune-then-compare sweep (its compare runs tagged ``tuned_from`` and
+    its trials, nothing else) the compare runs, its trials going to the search section; else every run."""
+    tuned = [r for r in selected if TUNED_FROM_TAG in r.data.tags]
+    trials = [r for r in selected if TRIAL_NUMBER_TAG in r.data.tags]
+    return tuned if tuned and len(tuned) + len(trials) == len(selected) else selected
+
+
+def tuned_note(runs, selected) -> str:
+    """Says, where the table holds only the tuned runs, what it leaves to the search section."""
+    if len(runs) == len(selected):
+        return ""
+    return f" (each study's best trial trained again, tagged `{TUNED_FROM_TAG}`; its trials are under Search)"
 
 
 # --- several data sets ------------------------------------------------------------------

@@ -16,6 +16,7 @@ from lenet_sweep.identity import computes
 from lenet_sweep.search_space import SearchSpace, corner_params, parse_search_space, trial_overrides
 from lenet_sweep.study import SearchSettings, default_study_name, resolve_storage_url
 from lenet_sweep.trial import trial_env
+from lenet_sweep.tuned import study_grid
 from lenet_sweep.uris import redact
 
 # Every trial trains its own run, reporting its own epochs to the study: never skipped on an earlier result.
@@ -55,6 +56,12 @@ def search_of(sweeper: Mapping[str, Any], task_overrides: list[str], start_dir: 
     return Search(settings, space, name, resolve_storage_url(settings.storage, start_dir))
 
 
+def searches_of(sweeper: Mapping[str, Any], task_overrides: list[str], start_dir: Path) -> list[Search]:
+    """One search per point of ``hydra.sweeper.studies`` (``lenet_sweep.tuned``), its overrides fixed for that
+    study; a single search when ``studies`` is unset. Raises ``ConfigError`` on a bad space or grid."""
+    return [search_of(sweeper, [*task_overrides, *fixed], start_dir) for fixed in study_grid(sweeper.get("studies"))]
+
+
 def check_jobs(config: DictConfig, search: Search) -> list[Config]:
     """Compose and check jobs at the corners of the space (``corner_params``) as the launcher will.
 
@@ -62,17 +69,21 @@ def check_jobs(config: DictConfig, search: Search) -> list[Config]:
     group choices before any trial exists; then checks the settings against the jobs' validation
     split. Raises ``ConfigError`` or Hydra's composition error. The composed configs, first corner first.
     """
-    loader = GlobalHydra.instance().config_loader()
-    jobs = []
-    for params in corner_params(search.space):
-        overrides = [*trial_overrides(search.space, params), *TRIAL_OVERRIDES]
-        job = loader.load_sweep_config(config, overrides)
-        values = OmegaConf.masked_copy(job, [key for key in job if key != "hydra"])
-        check_known_keys(OmegaConf.to_container(values))
-        jobs.append(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), values)))
+    jobs = [
+        compose_job(config, [*trial_overrides(search.space, p), *TRIAL_OVERRIDES]) for p in corner_params(search.space)
+    ]
     for cfg in jobs:
         search.settings.check(cfg.data.val_size)
     return jobs
+
+
+def compose_job(config: DictConfig, overrides: list[str]) -> Config:
+    """The typed config of the job ``overrides`` make, composed as the launcher will; raises on unknown keys,
+    bad values or group choices."""
+    job = GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)
+    values = OmegaConf.masked_copy(job, [key for key in job if key != "hydra"])
+    check_known_keys(OmegaConf.to_container(values))
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), values))
 
 
 def describe(search: Search) -> list[str]:

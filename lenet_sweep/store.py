@@ -58,6 +58,7 @@ CONFIG_GROUP_TAG = "config_group"
 SWEEP_JOBS_ARTIFACT = "sweep_jobs.json"  # on a sweep's parent run: every job of the sweep, in launch order
 FAILURE_TAG = "failure_reason"
 TRIAL_STATE_TAG = "trial_state"  # on a search trial's run: COMPLETE, PRUNED or FAILED
+TUNED_FROM_TAG = "tuned_from"  # a compare run of tune-then-compare: the study whose best trial it trains
 CHECKPOINT_TAG = "checkpoint_path"
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 PAGE_SIZE = 1000  # runs per search request; searches page until the store has no more

@@ -1,6 +1,6 @@
 """``hydra/sweeper=optuna``: the sweeper's settings, and the check that runs before the sweep's parent run exists."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
@@ -30,6 +30,13 @@ class OptunaSweeperConf:
     storage: str | None = None
     # The search space, key -> interval(...)/choice(...)/range(...), as on the command line (for presets).
     params: dict[str, str] | None = None
+    # Tune, then compare (lenet_sweep/tuned.py): one study per point of this grid of comma lists
+    # ({"+study": "lenet,mlp"}), each with the same budget; null: one study.
+    studies: dict[str, str] | None = None
+    # After every study has its n_trials: each study's best trial trained again with each of these seeds,
+    # with compare_overrides applied (e.g. data.val_size=0, train.epochs=15); their runs are tagged tuned_from.
+    compare_seeds: list[int] = field(default_factory=list)
+    compare_overrides: list[str] = field(default_factory=list)
 
 
 # `hydra/sweeper=optuna` sets two keys of the `hydra` node: the sweeper, and its check as a callback. Hydra

@@ -9,6 +9,10 @@ status file and MLflow run, tells the study the trial's value or state, and tags
 the run ``trial_state``. A launcher's ``launch`` returns once its whole batch is
 done, so a slot freed by a trial that finished or was pruned early waits for the
 batch's slowest trial (docs/search.md).
+
+With ``studies`` the sweeper runs one study per experiment, one after another,
+each with the same budget, and with ``compare_seeds`` it then trains each
+study's best trial again with those seeds in one batch (``lenet_sweep.tuned``).
 """
 
 import logging
@@ -25,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from lenet_sweep.results import JobResult, ParentRun
-from lenet_sweep.search import Search, describe, search_of
+from lenet_sweep.search import Search, describe, searches_of
 from lenet_sweep.store import MLFLOW_RUN_NAME, Store, StoreRefused
 from lenet_sweep.study import (
     RETRY_OF_ATTR,
@@ -36,6 +40,7 @@ from lenet_sweep.study import (
     remaining_trials,
 )
 from lenet_sweep.trial import STUDY_TAG, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG, share_storage
+from lenet_sweep.tuned import TUNED_FROM_TAG, TUNED_TRIAL_TAG, compare_job_overrides
 
 log = logging.getLogger(__name__)
 
@@ -54,31 +59,75 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
-        """Run the study's remaining trials; the launcher's results, batch by batch."""
-        search = search_of(self.settings, arguments, Path.cwd())
-        study = open_study(search.settings, search.study_name, open_storage(search.storage_url))
+        """Run each study's remaining trials, then the compare jobs; the launcher's results, batch by batch."""
+        searches = searches_of(self.settings, arguments, Path.cwd())
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         parent = ParentRun.read(sweep_dir)  # written by lenet_sweep.sweep.SweepCallback, which runs first
         runs = Store(parent.tracking_uri)
-        runs.set_tags(parent.run_id, {MLFLOW_RUN_NAME: f"study {search.study_name}", STUDY_TAG: search.study_name})
-        log.info("%s", "\n".join(describe(search)))
-        retry_dead_trials(study, runs, parent.run_id)
-        share_storage(search.storage_url)
-        returns, job_index = [], 0
+        runs.set_tags(parent.run_id, parent_tags([s.study_name for s in searches]))
+        share_storage(searches[0].storage_url)
+        returns: list[list[JobReturn]] = []
+        studies = []
+        for search in searches:
+            study = open_study(search.settings, search.study_name, open_storage(search.storage_url))
+            log.info("%s", "\n".join(describe(search)))
+            retry_dead_trials(study, runs, parent.run_id)
+            returns += self._run_trials(search, study, parent.run_id, runs, sum(map(len, returns)))
+            _log_best(study)
+            studies.append((search, study))
+        if self.settings.get("compare_seeds"):
+            returns.append(self._compare(studies, runs, sum(map(len, returns))))
+        return returns
+
+    def _run_trials(
+        self, search: Search, study: optuna.Study, parent_run_id: str, runs: Store, job_index: int
+    ) -> list[list[JobReturn]]:
+        """Ask, launch and tell batches of at most ``n_jobs`` trials until the study has ``n_trials``."""
+        returns = []
         while remaining := remaining_trials(search.settings.n_trials, study.get_trials(deepcopy=False)):
             trials = [study.ask(dict(search.space.params)) for _ in range(min(search.settings.n_jobs, remaining))]
             for trial in trials:
-                trial.set_user_attr(SWEEP_RUN_ATTR, parent.run_id)
+                trial.set_user_attr(SWEEP_RUN_ATTR, parent_run_id)
             batch = [search.job_overrides(trial.params, trial.number) for trial in trials]
             results = self.launcher.launch(batch, initial_job_idx=job_index)
             job_index += len(batch)
             for trial, result in zip(trials, results):
                 tell(study, trial, result, search, runs)
             returns.append(list(results))
-        _log_best(study)
         return returns
+
+    def _compare(self, studies: list[tuple[Search, optuna.Study]], runs: Store, job_index: int) -> list[JobReturn]:
+        """Each study's best trial trained again with every ``compare_seeds``, in one batch; runs tagged
+        ``tuned_from`` (the study) and ``tuned_trial``."""
+        seeds, extra = list(self.settings["compare_seeds"]), list(self.settings.get("compare_overrides") or [])
+        batch, origins = [], []
+        for search, study in studies:
+            try:
+                best = study.best_trial
+            except ValueError:
+                log.warning("study '%s': no trial completed, so nothing of it is compared", study.study_name)
+                continue
+            for seed in seeds:
+                batch.append(compare_job_overrides(search.space.fixed, best.params, extra, seed))
+                origins.append({TUNED_FROM_TAG: study.study_name, TUNED_TRIAL_TAG: best.number})
+        if not batch:
+            return []
+        log.info("compare: %d studies' best trials x seeds %s: %d jobs", len(batch) // len(seeds), seeds, len(batch))
+        results = self.launcher.launch(batch, initial_job_idx=job_index)
+        for tags, result in zip(origins, results):
+            job = JobResult.read(Path(result.hydra_cfg.hydra.runtime.output_dir))
+            if job and job.run_id:
+                runs.set_tags(job.run_id, tags)
+        return list(results)
+
+
+def parent_tags(study_names: list[str]) -> dict[str, str]:
+    """The sweep's parent run: named after its study (tagged with it), or after how many studies it runs."""
+    if len(study_names) == 1:
+        return {MLFLOW_RUN_NAME: f"study {study_names[0]}", STUDY_TAG: study_names[0]}
+    return {MLFLOW_RUN_NAME: f"{len(study_names)} studies, then compare"}
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn, search: Search, runs: Store) -> None:
