@@ -204,6 +204,10 @@ class SweepCallback(Callback):
         except StoreRefused as error:
             print(store.redact(f"error: MLflow store {uri}: {str(error).splitlines()[0]}"), file=sys.stderr)
             sys.exit(2)
+        except Exception as error:  # a broken environment: without this exit the jobs would run untracked
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            print(store.redact(f"error: the sweep cannot start: {type(error).__name__}: {detail}"), file=sys.stderr)
+            sys.exit(1)
         # From here on the parent must end, whatever happens: Ctrl-C, SIGTERM or a launcher error
         # skip on_multirun_end, so atexit closes it, with the summary of what ran.
         atexit.register(self._end_interrupted)

@@ -84,6 +84,19 @@ def test_unreachable_tracking_server_fails_fast_before_training(workdir):
     assert "Epoch" not in result.stdout
 
 
+def test_a_broken_install_stops_the_sweep_with_one_line_before_any_job(workdir, tmp_path_factory):
+    """Hydra only warns about a callback's exception; the sweep must not go on untracked. A cryptography
+    package that fails to import (MLflow's SQL store needs it) is a broken install the tests can build."""
+    broken = tmp_path_factory.mktemp("broken_site")
+    (broken / "cryptography").mkdir()
+    (broken / "cryptography" / "__init__.py").write_text("raise ImportError('this cryptography is broken')\n")
+    result = run_cli(["-m", "seed=0,1", *SMALL], workdir, PYTHONPATH=str(broken))
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: the sweep cannot start: ImportError: this cryptography is broken"], result.stderr
+    assert "Epoch 1" not in result.stdout + result.stderr and not list(workdir.glob("outputs/multirun/*/*/*"))
+
+
 def test_one_full_epoch_of_lenet_reaches_97_percent(workdir):
     result = run_cli(["train.epochs=1"], workdir)
     assert result.returncode == 0, result.stderr[-2000:]
