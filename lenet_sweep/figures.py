@@ -2,9 +2,12 @@
 
 The figures are like the writeup's two per model: loss and accuracy against epoch.
 
-Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot, no global
-state, no display needed): ``savefig`` renders PNG with the Agg backend, and MLflow's
-``client.log_figure`` accepts the returned figure as it is.
+Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot, no display
+needed): ``savefig`` renders PNG with the Agg backend, and MLflow's
+``client.log_figure`` accepts the returned figure as it is. A sweep draws one curves
+figure per run and one per configuration, and making a figure (axes, ticks, a
+layout fitted to them) costs more than drawing it, so ``CurvesFigure`` is made once
+and drawn again for each curves, on fixed margins that fit every tick label.
 
 A *curves* argument is any mapping from a column name to a sequence: a pandas
 DataFrame or a dict of lists. It must hold ``epoch`` and the metric columns
@@ -14,11 +17,13 @@ DataFrame or a dict of lists. It must hold ``epoch`` and the metric columns
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 PANELS = (
@@ -47,23 +52,44 @@ def _draw(ax, curves: Mapping[str, Sequence[float]], key: str, label: str, color
             ax.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
 
 
+class CurvesFigure:
+    """The two-panel curves figure (``plot_curves``), made once and drawn again by each ``draw``."""
+
+    def __init__(self) -> None:
+        self.figure = Figure(figsize=(10, 4), dpi=DPI)
+        FigureCanvasAgg(self.figure)  # its own canvas: each draw reuses the renderer and its text metrics
+        # Fixed margins (a layout engine would fit them again at every draw), wide enough for the longest
+        # tick labels matplotlib writes before it switches to an offset or a power of ten: -0.00062.
+        self.figure.subplots_adjust(left=0.1, right=0.985, bottom=0.12, top=0.85, wspace=0.3)
+        self.axes = self.figure.subplots(1, 2)
+        for ax, (ylabel, _) in zip(self.axes, PANELS):
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            ax.set_title(ylabel.split(" ")[0])
+            ax.grid(alpha=0.3)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        self.title = self.figure.suptitle("")
+
+    def draw(self, curves: Mapping[str, Sequence[float]], title: str) -> Figure:
+        """The figure showing ``curves`` under ``title``; the next ``draw`` replaces what it shows."""
+        for ax, (_, keys) in zip(self.axes, PANELS):
+            for artist in [*ax.lines, *ax.collections]:
+                artist.remove()
+            if ax.get_legend() is not None:
+                ax.get_legend().remove()
+            ax.relim()  # forget the previous curves' data limits
+            for key, color in zip(keys, ("C0", "C1")):
+                if _has(curves, key):
+                    _draw(ax, curves, key, key.split("_")[0], color)
+            if ax.lines:
+                ax.legend()
+        self.title.set_text(title)
+        return self.figure
+
+
 def plot_curves(curves: Mapping[str, Sequence[float]], title: str) -> Figure:
     """Two panels: train/test loss and train/test accuracy against epoch (bands: +-1 std over seeds)."""
-    fig = Figure(figsize=(10, 4), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, 2)
-    for ax, (ylabel, keys) in zip(axes, PANELS):
-        for key, color in zip(keys, ("C0", "C1")):
-            if _has(curves, key):
-                _draw(ax, curves, key, key.split("_")[0], color)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.set_title(ylabel.split(" ")[0])
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        if ax.lines:
-            ax.legend()
-    fig.suptitle(title)
-    return fig
+    return CurvesFigure().draw(curves, title)
 
 
 def plot_overview(
@@ -92,9 +118,17 @@ def history_to_curves(history: Sequence[Mapping[str, Any]]) -> dict[str, list[fl
     return {key: [entry.get(key, float("nan")) for entry in rows] for key in keys}
 
 
+@functools.cache
+def _run_curves_figure() -> CurvesFigure:
+    return CurvesFigure()
+
+
 def plot_run_curves(history: Sequence[Mapping[str, Any]], title: str) -> Figure:
-    """One run's learning curves from its per-epoch history, for ``client.log_figure``."""
-    return plot_curves(history_to_curves(history), title)
+    """One run's learning curves from its per-epoch history, for ``client.log_figure``.
+
+    Every run of the process is drawn on one figure: save or log it before the next call.
+    """
+    return _run_curves_figure().draw(history_to_curves(history), title)
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
@@ -129,12 +163,12 @@ def write_figures(out_dir: Path, rows: Sequence[tuple[str, int]], curves: Mappin
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("curves_*.png"):
         stale.unlink()
-    names, written = figure_names([label for label, _ in rows]), {}
+    names, written, figure = figure_names([label for label, _ in rows]), {}, CurvesFigure()
     for label, seeds in rows:
         curve = curves[label]
         if any(curve[key].notna().any() for _, keys in PANELS for key in keys):
             spread = f"{seeds} seeds, mean ± 1 std" if seeds > 1 else "1 seed"
-            save_figure(plot_curves(curve, f"{label} ({spread})"), out_dir / names[label])
+            save_figure(figure.draw(curve, f"{label} ({spread})"), out_dir / names[label])
             written[label] = names[label]
     overview = plot_overview({label: curves[label] for label in written}, title="test accuracy, every configuration")
     save_figure(overview, out_dir / "overview_test_acc.png")

@@ -115,7 +115,22 @@ def load_job_dataset(cfg: Config, start_dir: Path) -> LoadedDataset:
     )
 
 
+# The last data set put on a device, and how: the jobs that a process runs one after another (or together,
+# packed) on the same data share its tensors, which training only reads.
+_last_device_data: tuple[LoadedDataset, float, float, torch.device, DeviceData] | None = None
+
+
 def _device_data(dataset: LoadedDataset, mean: float, std: float, device: torch.device) -> DeviceData:
+    global _last_device_data
+    last = _last_device_data
+    if last is not None and last[0] is dataset and last[1:4] == (mean, std, device):
+        return last[4]
+    data = _normalised_on(dataset, mean, std, device)
+    _last_device_data = (dataset, mean, std, device, data)
+    return data
+
+
+def _normalised_on(dataset: LoadedDataset, mean: float, std: float, device: torch.device) -> DeviceData:
     return DeviceData(
         to_model_input(dataset.train.images, device, mean, std),
         dataset.train.labels.to(device),

@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ from lenet_sweep.signals import raise_terminated
 from lenet_sweep.store import Store, StoreRefused
 
 LAUNCHES_TAG = "launches"  # how often the sweep was launched; the parent's job counts are logged at that step
+# Each job's config as compose_every_job composed it, by the job's overrides, with the sweep's config it was
+# composed from: a launcher in this process takes it instead of composing the job once more.
+_composed_jobs: dict[tuple[str, ...], tuple[DictConfig, DictConfig]] = {}
 
 
 def _job_order(job_dir: Path):
@@ -94,13 +98,28 @@ def compose_every_job(config: DictConfig) -> list[PlannedJob] | None:
         return None
     loader = GlobalHydra.instance().config_loader()
     planned = []
+    _composed_jobs.clear()
     for job_overrides in jobs:
         job = loader.load_sweep_config(config, job_overrides)
+        _composed_jobs[tuple(job_overrides)] = (config, job)
         values = OmegaConf.masked_copy(job, [key for key in job if key != "hydra"])
         check_known_keys(OmegaConf.to_container(values))
         cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), values))
         planned.append(PlannedJob.of(cfg, tuple(job_overrides)))
     return planned
+
+
+def take_composed_job(config: DictConfig, job_overrides: Sequence[str]) -> DictConfig | None:
+    """The job's config as Hydra's ``load_sweep_config(config, job_overrides)`` returns it, composed already by
+    ``compose_every_job`` from the same sweep ``config``; None when it was not (then compose it). Each is taken once.
+    """
+    found = _composed_jobs.pop(tuple(job_overrides), None)
+    if found is None or found[0] is not config:
+        return None
+    job = found[1]
+    # As load_sweep_config does: resolvers' cached values (the sweep's ${now:...}) are the sweep config's.
+    OmegaConf.copy_cache(from_config=config, to_config=job)
+    return job
 
 
 def with_verified_data(jobs: list[PlannedJob], start_dir: Path) -> list[PlannedJob]:

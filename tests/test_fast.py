@@ -322,6 +322,20 @@ def test_the_fast_path_does_not_stand_in_for_a_different_network(make):
     assert path.kernels == "train=operators eval=operators"
 
 
+def test_a_process_probes_each_kind_of_model_once(monkeypatch):
+    """Jobs of one process (a packed or joblib launcher's) share the probe's verdict; a changed forward is probed."""
+    probed = []
+    probe = fast._probed_difference
+    monkeypatch.setattr(fast, "_differences", {})
+    monkeypatch.setattr(fast, "_probed_difference", lambda model, kern: probed.append(model) or probe(model, kern))
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        assert isinstance(fast.accelerate(build_model("lenet"), "cpu", "off").module, FastLeNet)
+    assert len(probed) == 1
+    edited = edited_forward_lenet()
+    assert fast.accelerate(edited, "cpu", "off").module is edited and len(probed) == 2
+
+
 def test_kernels_that_compute_other_values_are_not_used(monkeypatch, caplog):
     """A build that miscomputes (an untested compiler or instruction set) is caught on the probe images."""
     if not ISAS:

@@ -169,3 +169,17 @@ def test_skip_finished_can_be_turned_off(workdir, experiment):
     assert rerun.status == "FINISHED"
     client = MlflowClient(store_uri(workdir))
     assert len(client.search_runs([client.get_experiment_by_name(experiment.split("=", 1)[1]).experiment_id])) == 2
+
+
+def test_jobs_of_one_process_share_their_data_on_the_device(tmp_path):
+    """The packed launcher's members (and jobs run one after another) read one copy of their data set."""
+    import torch
+
+    from lenet_sweep.job import _device_data, load_job_dataset
+
+    cfg = compose_config(*TINY)
+    dataset = load_job_dataset(cfg, tmp_path)
+    first = _device_data(dataset, cfg.data.mean, cfg.data.std, torch.device("cpu"))
+    assert _device_data(dataset, cfg.data.mean, cfg.data.std, torch.device("cpu")) is first
+    other = _device_data(dataset, cfg.data.mean + 1, cfg.data.std, torch.device("cpu"))
+    assert other is not first and torch.allclose(other.train_x, first.train_x - 1 / cfg.data.std)

@@ -275,3 +275,40 @@ def test_default_group_by_drops_seed_bookkeeping_and_redundant_keys():
     # mlp with and without dropout: regularization no longer follows model.name, so it becomes a column.
     frame.loc[(frame["model.name"] == "mlp") & (frame["seed"] == "2"), "model.regularization.name"] = "dropout"
     assert default_group_by(frame) == ["model.name", "aug.name", "model.regularization.name"]
+
+
+def test_one_curves_figure_draws_each_curves_in_turn_within_its_fixed_margins():
+    """A sweep draws every run's and configuration's curves on one ``CurvesFigure``: each draw shows only its
+    own curves, and the fixed margins hold the longest tick labels (panels, labels and legends inside the
+    figure, side by side)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from lenet_sweep.figures import CurvesFigure
+
+    figure = CurvesFigure()
+    banded = {
+        "epoch": [1, 2, 3],
+        "train_loss": [1e-4, 2e-4, 3e-4],
+        "train_loss_std": [2e-4] * 3,  # the band dips below zero: tick labels such as -0.0001
+        "test_loss": [6e-4] * 3,
+        "train_acc": [99.9] * 3,
+        "train_acc_std": [3.0] * 3,
+        "test_acc": [1.0, 50.0, 100.0],
+    }
+    fig = figure.draw(banded, "banded")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    left, right = (ax.get_tightbbox(renderer) for ax in fig.axes)
+    title = figure.title.get_window_extent(renderer)
+    assert 0 <= left.x0 and left.x1 < right.x0 and right.x1 <= fig.bbox.width
+    assert 0 <= min(left.y0, right.y0) and max(left.y1, right.y1) < title.y0 and title.y1 <= fig.bbox.height
+    assert [len(ax.collections) for ax in fig.axes] == [1, 1]
+
+    fig = figure.draw({"epoch": [1, 2], "train_loss": [2.3, 12345.6], "test_loss": [2.2, 2.1]}, "plain")
+    loss, accuracy = fig.axes
+    assert [line.get_label() for line in loss.lines] == ["train", "test"] and not loss.collections
+    assert not accuracy.lines and not accuracy.collections and accuracy.get_legend() is None
+    canvas.draw()
+    assert loss.get_ylim()[1] > 12345.6 and loss.get_xlim()[1] < 3  # scaled to these curves alone
+    assert fig.get_suptitle() == "plain"

@@ -6,12 +6,13 @@ from __future__ import annotations
 import hydra
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from lenet_sweep import __main__ as cli_module
 from lenet_sweep import hydra_internals
 from lenet_sweep.config import register_configs
-from lenet_sweep.sweep import sweep_job_overrides
+from lenet_sweep.sweep import compose_every_job, sweep_job_overrides, take_composed_job
 from tests.helpers.cli import REPO, SMALL, run_cli, runs_of
 
 WRITEUP_STUDIES = [
@@ -71,6 +72,24 @@ def test_writeup_preset_expands_to_the_four_experiments_times_three_seeds():
         overridden = compose("config", ["experiment=writeup", "+study=lenet_reg", "regularization=none"])
         assert (overridden.model.name, overridden.model.regularization.name) == ("lenet_reg", "none")
     assert combos == [(*s, seed, 15, "sgd") for s in WRITEUP_STUDIES for seed in (0, 1, 2)]
+
+
+def test_a_launcher_takes_each_job_as_the_pre_launch_check_composed_it():
+    """``take_composed_job`` gives what Hydra's ``load_sweep_config`` composes, once per job, for that sweep only."""
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        grid = sweep_config(task=["model=lenet,mlp", "optimizer.lr=0.01,0.1", "train.epochs=1"])
+        planned = compose_every_job(grid)
+        loader = GlobalHydra.instance().config_loader()
+        for job in planned:
+            taken = take_composed_job(grid, job.overrides)
+            composed = loader.load_sweep_config(grid, list(job.overrides))
+            assert OmegaConf.to_yaml(taken) == OmegaConf.to_yaml(composed)
+            assert OmegaConf.get_cache(taken) == OmegaConf.get_cache(grid)
+            assert take_composed_job(grid, job.overrides) is None  # taken already: the launcher composes it
+        compose_every_job(grid)
+        other_sweep = sweep_config(task=["model=lenet,mlp", "optimizer.lr=0.01,0.1", "train.epochs=1"])
+        assert take_composed_job(other_sweep, planned[0].overrides) is None
 
 
 @pytest.mark.slow  # a CLI sweep

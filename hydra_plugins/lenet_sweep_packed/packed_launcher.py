@@ -1,6 +1,7 @@
 """``hydra/launcher=packed``: a sweep's jobs trained in packs, each pack one batched model, each job its own run.
 
-The launcher composes every job's config as Hydra's basic launcher does, groups
+The launcher composes every job's config as Hydra's basic launcher does (or takes
+the one the sweep's pre-launch check composed, ``sweep.take_composed_job``), groups
 the jobs that can train together (``pack_key``: same network shapes, optimizer
 rule, batches, epochs, data and device) into packs of at most ``max_pack``, and
 runs each pack's jobs through the ordinary job lifecycle, each in its own
@@ -83,9 +84,13 @@ class PackedLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        from lenet_sweep.sweep import take_composed_job  # here: Hydra imports every plugin at start-up
+
         configs = []
         for offset, overrides in enumerate(job_overrides):
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            sweep_config = take_composed_job(self.config, overrides)
+            if sweep_config is None:  # another sweeper's batch: compose it here
+                sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = sweep_config.hydra.job.num = initial_job_idx + offset
             configs.append(sweep_config)

@@ -138,9 +138,23 @@ def _stands_in(model: nn.Module) -> bool:
     return difference is None
 
 
+# ``_difference``'s verdicts for this process, by model structure, forward and kernels: whether the fast path
+# computes a model's function depends on the code, not on one run's initial weights, so a process that runs
+# many jobs (the packed or joblib launcher's) probes each kind of model once.
+_differences: dict[tuple, float | None] = {}
+
+
 def _difference(model: LeNet5, kernels: Library | None) -> float | None:
     """The largest difference between ``FastLeNet``'s logits (with ``kernels``) and ``model``'s on a few
     random images, evaluated on a copy; None when they agree to float32 rounding."""
+    forward = getattr(model.forward, "__func__", model.forward)  # the class's, or one set on this model
+    key = (type(model), forward, repr(model), None if kernels is None else str(kernels.path))
+    if key not in _differences:
+        _differences[key] = _probed_difference(model, kernels)
+    return _differences[key]
+
+
+def _probed_difference(model: LeNet5, kernels: Library | None) -> float | None:
     probe_model = copy.deepcopy(model).cpu().eval()
     probe = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
