@@ -91,16 +91,9 @@ def test_each_study_tunes_with_the_same_budget_then_its_best_trial_runs_over_the
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "override, named",
-    [
-        ("hydra.sweeper.compare_overrides=['train.epochz=2']", "train.epochz"),
-        ("hydra.sweeper.studies={+study:'interval(0.1,1)'}", "hydra.sweeper.studies.+study=interval(0.1,1)"),
-    ],
-)
-def test_a_bad_compare_override_or_study_grid_is_one_line_before_any_study_or_run(workdir, override, named):
-    result = run_cli([*TUNED, override], workdir)
+def test_a_bad_compare_override_is_one_line_before_any_study_or_run(workdir):
+    result = run_cli([*TUNED, "hydra.sweeper.compare_overrides=['train.epochz=2']"], workdir)
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and named in lines[0], result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and "train.epochz" in lines[0], result.stderr
     assert not (workdir / "outputs" / "optuna.db").exists() and not (workdir / "outputs" / "mlflow.db").exists()
