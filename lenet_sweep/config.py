@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 OPTIMIZER_NAMES = ("sgd", "adam")
 DATA_FORMATS = ("idx", "png_dir")
@@ -232,6 +233,14 @@ def check_known_keys(values: Mapping[str, Any], schema: type = Config, prefix: s
             )
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, Mapping):
             check_known_keys(value, hints[key], f"{path}.")
+
+
+def job_config(job: DictConfig) -> Config:
+    """The typed config of a composed job config (its ``hydra`` node left out); ``ConfigError`` naming a key
+    that no field reads, as ``check_known_keys`` does, and OmegaConf's errors for bad values."""
+    values = OmegaConf.masked_copy(job, [key for key in job if key != "hydra"])
+    check_known_keys(OmegaConf.to_container(values))
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), values))
 
 
 def one_line(error: BaseException) -> str:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from lenet_sweep.config import Config, check_known_keys
+from lenet_sweep.config import Config, job_config
 from lenet_sweep.identity import computes
 from lenet_sweep.search_space import SearchSpace, corner_params, parse_search_space, trial_overrides
 from lenet_sweep.study import SearchSettings, default_study_name, resolve_storage_url
@@ -80,10 +80,7 @@ def check_jobs(config: DictConfig, search: Search) -> list[Config]:
 def compose_job(config: DictConfig, overrides: list[str]) -> Config:
     """The typed config of the job ``overrides`` make, composed as the launcher will; raises on unknown keys,
     bad values or group choices."""
-    job = GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)
-    values = OmegaConf.masked_copy(job, [key for key in job if key != "hydra"])
-    check_known_keys(OmegaConf.to_container(values))
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), values))
+    return job_config(GlobalHydra.instance().config_loader().load_sweep_config(config, overrides))
 
 
 def describe(search: Search) -> list[str]:

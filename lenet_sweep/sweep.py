@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lenet_sweep import hydra_internals, identity, ownership, store
-from lenet_sweep.config import Config, ConfigError, check_known_keys, one_line
+from lenet_sweep.config import ConfigError, job_config, one_line
 from lenet_sweep.data import DataError
 from lenet_sweep.job import load_job_dataset
 from lenet_sweep.ownership import RESUMABLE
@@ -102,9 +102,7 @@ def compose_every_job(config: DictConfig) -> list[PlannedJob] | None:
     for job_overrides in jobs:
         job = loader.load_sweep_config(config, job_overrides)
         _composed_jobs[tuple(job_overrides)] = (config, job)
-        values = OmegaConf.masked_copy(job, [key for key in job if key != "hydra"])
-        check_known_keys(OmegaConf.to_container(values))
-        cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), values))
+        cfg = job_config(job)
         planned.append(PlannedJob.of(cfg, tuple(job_overrides)))
     return planned
 

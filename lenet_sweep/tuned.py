@@ -5,7 +5,7 @@ grid, one Optuna study per combination, each with the same ``n_trials``,
 sampler, seed and pruner); ``hydra.sweeper.compare_seeds`` trains each study's
 best trial again with every seed, with ``hydra.sweeper.compare_overrides``
 applied (the preset trains those on the whole training set for the full
-epochs), and their runs are tagged ``tuned_from`` so the report compares them.
+epochs), and their runs are tagged ``tuned_from`` (``store.TUNED_FROM_TAG``) so the report compares them.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from lenet_sweep.config import ConfigError
 from lenet_sweep.search_space import format_value
-from lenet_sweep.store import TUNED_FROM_TAG
 
-__all__ = ["TUNED_FROM_TAG", "TUNED_TRIAL_TAG", "compare_job_overrides", "study_grid"]
 TUNED_TRIAL_TAG = "tuned_trial"
 
 

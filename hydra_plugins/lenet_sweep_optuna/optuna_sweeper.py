@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 
 from lenet_sweep.results import JobResult, ParentRun
 from lenet_sweep.search import Search, describe, searches_of
-from lenet_sweep.store import MLFLOW_RUN_NAME, Store, StoreRefused
+from lenet_sweep.store import MLFLOW_RUN_NAME, TUNED_FROM_TAG, Store, StoreRefused
 from lenet_sweep.study import (
     RETRY_OF_ATTR,
     RUN_ID_ATTR,
@@ -40,7 +40,7 @@ from lenet_sweep.study import (
     remaining_trials,
 )
 from lenet_sweep.trial import STUDY_TAG, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG, share_storage
-from lenet_sweep.tuned import TUNED_FROM_TAG, TUNED_TRIAL_TAG, compare_job_overrides
+from lenet_sweep.tuned import TUNED_TRIAL_TAG, compare_job_overrides
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,13 @@ class PackedLauncherConf:
 ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="lenet_sweep")
 
 
-def pack_key(job_config: DictConfig) -> tuple | None:
+def pack_key(composed: DictConfig) -> tuple | None:
     """What jobs must share to train as one pack; None for a job that trains alone (compiled, bf16, a validation
     split, or a config that does not convert: its own run reports why)."""
-    from lenet_sweep.config import Config
+    from lenet_sweep.config import job_config
 
     try:
-        values = OmegaConf.masked_copy(job_config, [key for key in job_config if key != "hydra"])
-        cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), values))
+        cfg = job_config(composed)
     except Exception:
         return None
     if cfg.train.compile or cfg.train.amp != "off" or getattr(cfg.data, "val_size", 0):

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lenet_sweep import identity
-from lenet_sweep.config import Config, ConfigError, check_known_keys
+from lenet_sweep.config import Config, ConfigError, job_config
 from lenet_sweep.verdicts import Design, DesignError
 
 # The metrics every run logs per epoch, and which way is better.
@@ -126,10 +126,7 @@ def configurations(params: Mapping[str, str] | None, arguments: Sequence[str], c
 
 def composed_config(config_loader, sweep_config: DictConfig, overrides: Sequence[str]) -> Config:
     """The typed config of one job, composed as the launcher will; ``ConfigError`` naming a bad key."""
-    job = config_loader.load_sweep_config(sweep_config, list(overrides))
-    values = OmegaConf.masked_copy(job, [key for key in job if key != "hydra"])
-    check_known_keys(OmegaConf.to_container(values))
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), values))
+    return job_config(config_loader.load_sweep_config(sweep_config, list(overrides)))
 
 
 def seed_fingerprints(cfg: Config, seeds: range) -> list[str]:
