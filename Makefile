@@ -31,7 +31,7 @@ sweep: $(STAMP)
 
 ## The test suite (what CI runs).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 ## ruff (settings in pyproject.toml): lint and format check; CI runs it before the tests. `ruff format .` fixes format.
 lint: $(STAMP)
@@ -40,7 +40,7 @@ lint: $(STAMP)
 
 ## The tests not marked slow (no CLI subprocess, server, SLURM or browser): under two minutes on 2 cores.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 -m "not slow"
 
 ## Compare the runs in outputs/mlflow.db: table on stdout; figures and report.md in outputs/report/.
 report: $(STAMP)

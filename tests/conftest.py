@@ -20,6 +20,24 @@ from tests.helpers.services import free_port, start_mlflow_server, stop_process_
 SLURM_COMMANDS = ("munged", "mungekey", "slurmctld", "slurmd", "sinfo", "sbatch")
 
 
+# The test files that use the one local SLURM cluster (the session fixture ``slurm_env``).
+SLURM_TEST_FILES = ("tests/test_slurm_local.py", "tests/test_slurm_sweep.py", "tests/test_team_server.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` runs two pytest-xdist workers: each test file on one worker, so its module fixtures (a
+    filled store, a server) are built once, and the SLURM files together, on one cluster started once."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "slurm" if path in SLURM_TEST_FILES else path
+
+    return FileScheduling(config, log)
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A fresh project-like directory: ``data/`` points at the shipped MNIST, outputs go here."""
