@@ -23,7 +23,7 @@ from lenet_sweep.datasets import (
 )
 from lenet_sweep.identity import config_fingerprint, flat_config, run_name
 from lenet_sweep.provenance import DATA_DIGEST_TAG
-from lenet_sweep.report import ranking_comparison
+from lenet_sweep.report_page import ranking_comparison
 from tests.helpers.cli import DATA, REPO, run_cli, runs_of
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lenet_sweep.report import _label
+from lenet_sweep.report_page import config_label
 from lenet_sweep.report_verdicts import judge_runs, seed_values, verdict_section
 
 
@@ -23,14 +23,14 @@ def _runs():
 
 def test_values_are_taken_at_the_last_epoch_in_seed_order():
     frame, hist = _runs()
-    labels = pd.Series([_label(row, ["model.name"]) for _, row in frame.iterrows()], index=frame.index)
+    labels = pd.Series([config_label(row, ["model.name"]) for _, row in frame.iterrows()], index=frame.index)
     assert seed_values(frame, hist, labels, None) == {"lenet": [99.0, 99.1, 99.2], "mlp": [97.7, 97.8, 97.6]}
     assert seed_values(frame, hist, labels, 1)["lenet"] == [98.0, 98.1, 98.2]
 
 
 def test_the_section_judges_the_leader_against_the_others():
     frame, hist = _runs()
-    text = verdict_section(frame, hist, ["model.name"], _label, None)
+    text = verdict_section(frame, hist, ["model.name"], config_label, None)
     assert "- lenet is better than mlp: difference +1.400" in text and "seeds 3 and 3" in text
 
 
