@@ -1,10 +1,11 @@
 """Every use of Hydra's private API, in one place, each failing with a named error when Hydra changes it.
 
-Two things have no public equivalent in hydra-core 1.3: the basic sweeper's
-``split_arguments`` (the jobs a sweep will launch, so every job is checked before
-the first starts) and telling Hydra's own command-line usage errors (``-m --cfg
-job``), raised as a plain ``ValueError`` from ``hydra/_internal/utils.py``, from
-a ``ValueError`` raised by anything else.
+Three things have no public equivalent in hydra-core 1.3: the basic sweeper
+itself (``hydra/sweeper=grid`` extends it), its ``split_arguments`` (the jobs a
+sweep will launch, so every job is checked before the first starts) and telling
+Hydra's own command-line usage errors (``-m --cfg job``), raised as a plain
+``ValueError`` from ``hydra/_internal/utils.py``, from a ``ValueError`` raised by
+anything else.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hydra
 from hydra.errors import HydraException
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+GRID_SWEEPER = "hydra_plugins.lenet_sweep_grid.grid_sweeper.GridSweeper"  # ours (the default), a BasicSweeper
 USAGE_ERROR_MODULE = "hydra._internal.utils"  # where hydra-core 1.3 checks its command-line flags
 
 
@@ -28,6 +30,15 @@ def _changed(what: str, error: Exception) -> HydraInternalsChanged:
         f"Hydra {hydra.__version__}: {what} is not what hydra-core 1.3 had ({type(error).__name__}: {error}); "
         "lenet_sweep.hydra_internals needs updating"
     )
+
+
+def basic_sweeper_class() -> type:
+    """Hydra's basic sweeper, which ``hydra/sweeper=grid`` extends."""
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    except ImportError as error:
+        raise _changed(BASIC_SWEEPER, error) from error
+    return BasicSweeper
 
 
 def split_arguments(overrides) -> list[list[str]]:

@@ -38,6 +38,8 @@ from lenet_sweep.results import STATUSES, JobResult, ParentRun
 from lenet_sweep.signals import raise_terminated
 from lenet_sweep.store import Store, StoreRefused
 
+# The sweepers that launch the grid of their params and the command line, as Hydra's basic sweeper does.
+GRID_SWEEPERS = (hydra_internals.GRID_SWEEPER, hydra_internals.BASIC_SWEEPER)
 LAUNCHES_TAG = "launches"  # how often the sweep was launched; the parent's job counts are logged at that step
 # Each job's config as compose_every_job composed it, by the job's overrides, with the sweep's config it was
 # composed from: a launcher in this process takes it instead of composing the job once more.
@@ -77,7 +79,7 @@ def sweep_job_overrides(config: DictConfig) -> list[list[str]] | None:
     ``config`` is the sweep's config with its ``hydra`` node (as a multirun callback receives it).
     Uses Hydra's private ``split_arguments`` (``hydra_internals``).
     """
-    if config.hydra.sweeper.get("_target_") != hydra_internals.BASIC_SWEEPER:
+    if config.hydra.sweeper.get("_target_") not in GRID_SWEEPERS:
         return None
     params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
@@ -105,6 +107,12 @@ def compose_every_job(config: DictConfig) -> list[PlannedJob] | None:
         cfg = job_config(job)
         planned.append(PlannedJob.of(cfg, tuple(job_overrides)))
     return planned
+
+
+def was_composed(config: DictConfig, job_overrides: Sequence[str]) -> bool:
+    """Whether ``compose_every_job`` composed and checked this job of the sweep ``config`` (and no launcher took it)."""
+    found = _composed_jobs.get(tuple(job_overrides))
+    return found is not None and found[0] is config
 
 
 def take_composed_job(config: DictConfig, job_overrides: Sequence[str]) -> DictConfig | None:

@@ -3,10 +3,14 @@ Hydra's private API is fenced) and the presets it expands, each job composed as 
 
 from __future__ import annotations
 
+import shutil
+
 import hydra
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import MissingConfigException
+from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
 from lenet_sweep import __main__ as cli_module
@@ -90,6 +94,31 @@ def test_a_launcher_takes_each_job_as_the_pre_launch_check_composed_it():
         compose_every_job(grid)
         other_sweep = sweep_config(task=["model=lenet,mlp", "optimizer.lr=0.01,0.1", "train.epochs=1"])
         assert take_composed_job(other_sweep, planned[0].overrides) is None
+
+
+def test_the_default_grid_sweeper_composes_only_the_jobs_the_pre_launch_check_did_not(tmp_path):
+    """``hydra/sweeper=grid`` (the default) checks a batch without composing its jobs once more: with a config
+    file gone after the pre-launch check, Hydra's basic sweeper fails on the job that needs it, ours does not,
+    and a job the check never saw is still composed (and fails)."""
+    register_configs()
+    conf = shutil.copytree(REPO / "conf", tmp_path / "conf")
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
+        grid = sweep_config(task=["model=lenet,mlp", "train.epochs=1"])
+        assert grid.hydra.sweeper._target_ == hydra_internals.GRID_SWEEPER
+        jobs = [list(job.overrides) for job in compose_every_job(grid)]
+        # Imported once Hydra has scanned its plugins (which runs the modules of Hydra's own sweepers again).
+        from hydra_plugins.lenet_sweep_grid.grid_sweeper import GridSweeper
+
+        (conf / "model" / "mlp.yaml").unlink()
+        context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=None)  # not called
+        ours, basic = GridSweeper(max_batch_size=None), hydra_internals.basic_sweeper_class()(max_batch_size=None)
+        for sweeper in (ours, basic):
+            sweeper.config, sweeper.hydra_context = grid, context
+        ours.validate_batch_is_legal(jobs)
+        with pytest.raises(MissingConfigException, match="mlp"):
+            basic.validate_batch_is_legal(jobs)
+        with pytest.raises(MissingConfigException, match="mlp"):
+            ours.validate_batch_is_legal([["model=mlp", "train.epochs=2"]])
 
 
 @pytest.mark.slow  # a CLI sweep

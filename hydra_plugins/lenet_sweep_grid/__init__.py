@@ -1,0 +1,1 @@
+"""lenet-sweep's grid sweeper for Hydra, the default: ``hydra/sweeper=grid`` (the basic sweeper, composing less)."""
