@@ -7,7 +7,11 @@ run left RUNNING.
 from __future__ import annotations
 
 import signal
+import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
+
+HELD = (signal.SIGINT, signal.SIGTERM)
 
 
 class Terminated(KeyboardInterrupt):
@@ -62,3 +66,26 @@ def signals_as_interrupts():
         signal.signal(signal.SIGTERM, previous_term)
         if callable(previous_usr2):
             signal.signal(signal.SIGUSR2, previous_usr2)
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Inside, SIGINT and SIGTERM wait: each that arrives is raised again, once, on the way out.
+
+    For the calls that must not stop half-way: a database store's call interrupted inside its
+    transaction can keep the database locked, and the run's last write (ending it KILLED) then
+    waits on that lock until it gives up, leaving the run RUNNING. Only the main thread receives
+    signals; in any other thread this holds nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: arrived.append(signum)) for signum in HELD}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(arrived):
+            signal.raise_signal(signum)

@@ -9,6 +9,7 @@ Who owns a RUNNING run is ``ownership``'s business, built on these calls.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_SOURCE_NAME
 
+from lenet_sweep.signals import held
 from lenet_sweep.uris import (
     SERVER_RESTART_SECONDS,
     TrackingError,
@@ -81,12 +83,40 @@ def _refused_write(tracking_uri: str, error: MlflowException, what: str) -> Trac
 # --- the store -------------------------------------------------------------------------
 
 
+class _HeldCalls:
+    """A database store's ``MlflowClient``, each method run with SIGINT and SIGTERM held (``signals.held``).
+
+    Against SQLite or PostgreSQL the transaction lives in this process: a signal raised inside it can
+    leave it open and the database locked, so the run could not be ended. A server's requests are whole
+    on the server, and may retry for minutes while it restarts, so its client is left as it is.
+    """
+
+    def __init__(self, client: MlflowClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def call(*args, **kwargs):
+            with held():
+                return attribute(*args, **kwargs)
+
+        return call
+
+
 class Store:
     """One tracking store (``uri``): experiments, runs, params, metrics, tags and artifacts."""
 
     def __init__(self, tracking_uri: str) -> None:
         self.uri = tracking_uri
-        self._client = MlflowClient(tracking_uri)
+        if is_server(tracking_uri):
+            self._client = MlflowClient(tracking_uri)
+        else:
+            with held():  # opening a new database creates its tables
+                self._client = _HeldCalls(MlflowClient(tracking_uri))
 
     @classmethod
     def open_existing(cls, tracking_uri: str) -> Store:

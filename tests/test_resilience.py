@@ -72,7 +72,7 @@ def test_sigterm_ends_the_job_killed_and_the_summary_counts_it(workdir, launcher
     assert sweep.returncode != 0, output[-3000:]
 
     client, every_run = runs_of(workdir, children_only=False)
-    assert client.get_run(victim.info.run_id).info.status == "KILLED"
+    assert client.get_run(victim.info.run_id).info.status == "KILLED", output[-3000:]
     assert "received signal 15" in client.get_run(victim.info.run_id).data.tags["failure_reason"]
     (parent,) = [r for r in every_run if r.data.tags.get("sweep") == "true"]
     if launcher == "joblib":  # the other worker's job runs on; the launcher reports both

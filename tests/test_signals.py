@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from submitit.core.job_environment import SignalHandler
 from submitit.core.utils import DelayedSubmission, JobPaths
 from submitit.slurm.slurm import SlurmJobEnvironment
 
-from lenet_sweep.signals import Requeued, Terminated, raise_terminated, signals_as_interrupts
+from lenet_sweep.signals import Requeued, Terminated, held, raise_terminated, signals_as_interrupts
 
 
 def checkpointable_job() -> None:
@@ -75,3 +77,29 @@ def test_on_rank_0_usr2_requeues_the_job_and_ends_the_task(slurm_task, monkeypat
         # The requeue's own SIGTERM must not turn into a cancel while the task ends.
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     assert Path(slurm_task).read_text().split() == ["requeue", "4242"]
+
+
+def test_held_signals_wait_for_the_end_of_the_block_and_are_raised_once_after_it():
+    finished_block = False
+    with signals_as_interrupts(), pytest.raises(Terminated):
+        with held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # both delivered here, neither raised
+            finished_block = True
+    assert finished_block
+    assert signal.getsignal(signal.SIGTERM) is not raise_terminated  # signals_as_interrupts restored its own
+
+
+def test_held_in_another_thread_leaves_the_handlers_alone():
+    handlers = []
+
+    def in_thread():
+        with held():
+            handlers.append(signal.getsignal(signal.SIGTERM))
+
+    with signals_as_interrupts():
+        thread = threading.Thread(target=in_thread)
+        thread.start()
+        thread.join()
+        assert handlers == [raise_terminated]
