@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import optuna
 
 from lenet_sweep import store
+from lenet_sweep.signals import held
 from lenet_sweep.study import RUN_ID_ATTR, load_existing_study, make_pruner, open_storage
 from lenet_sweep.uris import redact
 
@@ -79,17 +80,21 @@ class TrialReporter:
 
     def attach_run(self, run_id: str) -> None:
         """Record the trial's MLflow run on the trial, so the study and the store point at each other."""
-        self.trial.set_user_attr(RUN_ID_ATTR, run_id)
+        with held():  # as around MLflow's calls (store.Store): a signal inside a transaction can keep a lock
+            self.trial.set_user_attr(RUN_ID_ATTR, run_id)
 
     def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """Report ``metrics[metric]`` at step ``epoch``; raise ``TrialPruned`` when the study's pruner says stop."""
         value = metrics[self.metric]
-        self.trial.report(value, step=epoch)
-        if self.trial.should_prune():
+        with held():
+            self.trial.report(value, step=epoch)
+            pruned = self.trial.should_prune()
+        if pruned:
             raise TrialPruned(epoch, value)
 
     def replay(self, history: list[Mapping[str, float]]) -> None:
         """Report the epochs a resumed run trained before this trial started (a retry continues the run)."""
-        for entry in history:
-            if self.metric in entry:
-                self.trial.report(entry[self.metric], step=int(entry["epoch"]))
+        with held():
+            for entry in history:
+                if self.metric in entry:
+                    self.trial.report(entry[self.metric], step=int(entry["epoch"]))
