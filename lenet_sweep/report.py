@@ -237,7 +237,7 @@ def build_report(
     else:
         at = "each run's last logged epoch (* where a configuration's runs differ)"
     text, table_md = findings_by_dataset(table, keys, at), markdown_table(table, keys, include_failed)
-    verdicts = verdict_section(frame[frame["status"] == "FINISHED"], hist, keys, config_label, epoch)  # report_verdicts
+    verdicts = verdict_section(frame[frame["status"] == "FINISHED"], hist, keys, epoch)  # report_verdicts
     text += f"\n\n{verdicts}" if verdicts else ""
     where = f" matching `{filter_string}`" if filter_string else ""
     failed = int(table["failed"].sum())

@@ -206,7 +206,8 @@ def write_tables_and_page(
 # --- several data sets ------------------------------------------------------------------
 
 
-def _config_labels(table: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
+def config_labels(table: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
+    """Each row's configuration label without the data set (findings and verdicts are per data set)."""
     others = [k for k in keys if k != DATASET_KEY]
     return pd.Series([config_label(row, others) for _, row in table.iterrows()], index=table.index)
 
@@ -215,7 +216,7 @@ def findings_by_dataset(table: pd.DataFrame, keys: Sequence[str], at: str) -> st
     """``findings``, one paragraph per data set when the rows span several, and a line comparing their rankings."""
     if DATASET_KEY not in keys or table[DATASET_KEY].nunique() < 2:
         return findings(table, at)
-    table = table.assign(label=_config_labels(table, keys))
+    table = table.assign(label=config_labels(table, keys))
     by_dataset = table.groupby(DATASET_KEY, sort=False)
     paragraphs = [f"**On {dataset}:** " + findings(rows, at) for dataset, rows in by_dataset]
     rankings = {dataset: list(rows.dropna(subset=["test_acc_mean"])["label"]) for dataset, rows in by_dataset}

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from lenet_sweep.report_page import DATASET_KEY, config_labels
 from lenet_sweep.verdicts import Design, compare
 
 DEFAULT_MARGIN = 0.1  # test accuracy points: the seeds sweeper's default
 DEFAULT_ALPHA = 0.05
-DATASET_KEY = "data.name"
 
 
 def seed_values(frame: pd.DataFrame, hist: pd.DataFrame, labels: pd.Series, epoch: int | None) -> dict[str, list]:
@@ -54,17 +54,15 @@ def verdict_section(
     frame: pd.DataFrame,
     hist: pd.DataFrame,
     keys: Sequence[str],
-    label_of,
     epoch: int | None,
     margin: float = DEFAULT_MARGIN,
     alpha: float = DEFAULT_ALPHA,
 ) -> str:
     """The verdicts as markdown, per data set when the runs span several; '' when nothing can be judged.
 
-    ``label_of(row, keys)`` names a run's configuration as the report's table does.
+    Each run's configuration is named as the report's table names it (``report_page.config_labels``).
     """
-    others = [k for k in keys if k != DATASET_KEY]
-    labels = pd.Series([label_of(row, others) for _, row in frame.iterrows()], index=frame.index)
+    labels = config_labels(frame, keys)
     datasets = frame[DATASET_KEY] if DATASET_KEY in keys else pd.Series("", index=frame.index)
     blocks = []
     for dataset in datasets.unique():

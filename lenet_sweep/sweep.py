@@ -119,10 +119,9 @@ def take_composed_job(config: DictConfig, job_overrides: Sequence[str]) -> DictC
     """The job's config as Hydra's ``load_sweep_config(config, job_overrides)`` returns it, composed already by
     ``compose_every_job`` from the same sweep ``config``; None when it was not (then compose it). Each is taken once.
     """
-    found = _composed_jobs.pop(tuple(job_overrides), None)
-    if found is None or found[0] is not config:
+    if not was_composed(config, job_overrides):
         return None
-    job = found[1]
+    job = _composed_jobs.pop(tuple(job_overrides))[1]
     # As load_sweep_config does: resolvers' cached values (the sweep's ${now:...}) are the sweep config's.
     OmegaConf.copy_cache(from_config=config, to_config=job)
     return job

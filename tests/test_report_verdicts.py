@@ -30,7 +30,7 @@ def test_values_are_taken_at_the_last_epoch_in_seed_order():
 
 def test_the_section_judges_the_leader_against_the_others():
     frame, hist = _runs()
-    text = verdict_section(frame, hist, ["model.name"], config_label, None)
+    text = verdict_section(frame, hist, ["model.name"], None)
     assert "- lenet is better than mlp: difference +1.400" in text and "seeds 3 and 3" in text
 
 
